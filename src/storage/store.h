@@ -1,0 +1,64 @@
+// Store: the storage interface every layer above storage/ sees. Implementations: MemoryStore
+// (tests) and RocksDbStore (the only file that includes RocksDB headers).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "storage/item.h"
+
+namespace petracache::storage {
+
+enum class LookupStatus {
+  kFound,
+  kNotFound,
+  kExpired,     // present but past its exptime (memcached's get_expired)
+  kFlushed,     // present but invalidated by flush_all (memcached's get_flushed)
+  kWouldBlock,  // cache_only was set and answering needs disk I/O
+};
+
+struct ReadOptions {
+  // Never touch disk: answer from memory or report kWouldBlock.
+  bool cache_only = false;
+};
+
+// Counters a Store exposes; read by `stats` and /metrics.
+struct StoreStats {
+  uint64_t approximate_items = 0;  // live + not yet compacted away
+  uint64_t approximate_bytes = 0;  // bytes of keys and records
+  uint64_t compaction_dropped_expired = 0;
+  uint64_t compaction_dropped_flushed = 0;
+};
+
+// Thread-safe. Liveness (expiry, flush) is judged with the clock given to the store at
+// creation; reads never write.
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Looks key up. On kFound fills *header and *value (replacing their contents).
+  [[nodiscard]] virtual absl::StatusOr<LookupStatus> Get(std::string_view key,
+                                                         const ReadOptions& options,
+                                                         ItemHeader* header,
+                                                         std::string* value) = 0;
+  // Stores the item, replacing any previous one. Durable per the store's durability mode
+  // when it returns OK.
+  [[nodiscard]] virtual absl::Status Put(std::string_view key, const ItemHeader& header,
+                                         std::string_view value) = 0;
+  [[nodiscard]] virtual absl::Status Delete(std::string_view key) = 0;
+
+  // A fresh CAS value: unique and strictly greater than every value handed out before, also
+  // across restarts of a persistent store.
+  [[nodiscard]] virtual absl::StatusOr<uint64_t> NextCas() = 0;
+
+  // flush_all state; SetFlushState persists it (synchronously) before returning.
+  [[nodiscard]] virtual absl::Status SetFlushState(const FlushState& state) = 0;
+  virtual FlushState GetFlushState() const = 0;
+
+  virtual StoreStats GetStats() const = 0;
+};
+
+}  // namespace petracache::storage
