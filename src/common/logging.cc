@@ -60,8 +60,8 @@ std::string_view LogLevelName(LogLevel level) {
 }
 
 void LogMessage(LogLevel level, std::string_view message) {
-  std::string line = absl::StrFormat("<%d>%s: %s\n", SyslogPriority(level), LogLevelName(level),
-                                     message);
+  std::string line =
+      absl::StrFormat("<%d>%s: %s\n", SyslogPriority(level), LogLevelName(level), message);
   const char* p = line.data();
   size_t left = line.size();
   while (left > 0) {

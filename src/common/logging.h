@@ -20,10 +20,9 @@ void LogMessage(LogLevel level, std::string_view message);
 
 }  // namespace petracache
 
-#define PC_LOG(level, ...)                                                         \
-  do {                                                                             \
-    if (::petracache::LogEnabled(::petracache::LogLevel::level)) {                 \
-      ::petracache::LogMessage(::petracache::LogLevel::level,                      \
-                               ::absl::StrFormat(__VA_ARGS__));                    \
-    }                                                                              \
+#define PC_LOG(level, ...)                                                                     \
+  do {                                                                                         \
+    if (::petracache::LogEnabled(::petracache::LogLevel::level)) {                             \
+      ::petracache::LogMessage(::petracache::LogLevel::level, ::absl::StrFormat(__VA_ARGS__)); \
+    }                                                                                          \
   } while (0)

@@ -1,0 +1,148 @@
+// Reply encoding; the strings are memcached 1.6.18's, byte for byte.
+#include "protocol/encoder.h"
+
+#include <charconv>
+
+namespace petracache::protocol {
+namespace {
+
+void AppendDecimal(std::string* out, uint64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+  out->append(buf, static_cast<size_t>(end - buf));
+}
+
+}  // namespace
+
+void AppendReply(std::string* out, Reply reply) {
+  switch (reply) {
+    case Reply::kStored:
+      out->append("STORED\r\n");
+      return;
+    case Reply::kNotStored:
+      out->append("NOT_STORED\r\n");
+      return;
+    case Reply::kExists:
+      out->append("EXISTS\r\n");
+      return;
+    case Reply::kNotFound:
+      out->append("NOT_FOUND\r\n");
+      return;
+    case Reply::kDeleted:
+      out->append("DELETED\r\n");
+      return;
+    case Reply::kTouched:
+      out->append("TOUCHED\r\n");
+      return;
+    case Reply::kOk:
+      out->append("OK\r\n");
+      return;
+    case Reply::kEnd:
+      out->append("END\r\n");
+      return;
+    case Reply::kReset:
+      out->append("RESET\r\n");
+      return;
+  }
+}
+
+std::string_view ErrorText(ProtocolError error) {
+  switch (error) {
+    case ProtocolError::kNone:
+      return "";
+    case ProtocolError::kError:
+      return "ERROR";
+    case ProtocolError::kBadCommandLine:
+      return "CLIENT_ERROR bad command line format";
+    case ProtocolError::kBadDataChunk:
+      return "CLIENT_ERROR bad data chunk";
+    case ProtocolError::kObjectTooLarge:
+      return "SERVER_ERROR object too large for cache";
+    case ProtocolError::kInvalidExptime:
+      return "CLIENT_ERROR invalid exptime argument";
+    case ProtocolError::kInvalidDelta:
+      return "CLIENT_ERROR invalid numeric delta argument";
+    case ProtocolError::kNonNumeric:
+      return "CLIENT_ERROR cannot increment or decrement non-numeric value";
+    case ProtocolError::kDeleteUsage:
+      return "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
+    case ProtocolError::kShutdownDisabled:
+      return "ERROR: shutdown not enabled";
+    case ProtocolError::kInvalidShutdownMode:
+      return "CLIENT_ERROR invalid shutdown mode";
+    case ProtocolError::kFlushDisabled:
+      return "CLIENT_ERROR flush_all not allowed";
+    case ProtocolError::kUnsupported:
+      return "SERVER_ERROR unsupported command";
+    case ProtocolError::kStorageFailure:
+      return "SERVER_ERROR storage failure";
+    case ProtocolError::kOutOfMemory:
+      return "SERVER_ERROR out of memory storing object";
+  }
+  return "ERROR";
+}
+
+void AppendError(std::string* out, ProtocolError error) {
+  if (error == ProtocolError::kNone) return;
+  out->append(ErrorText(error));
+  out->append("\r\n");
+}
+
+void AppendValue(std::string* out, std::string_view key, uint32_t flags, std::string_view data,
+                 const uint64_t* cas) {
+  out->append("VALUE ");
+  out->append(key);
+  out->push_back(' ');
+  AppendDecimal(out, flags);
+  out->push_back(' ');
+  AppendDecimal(out, data.size());
+  if (cas != nullptr) {
+    out->push_back(' ');
+    AppendDecimal(out, *cas);
+  }
+  out->append("\r\n");
+  out->append(data);
+  out->append("\r\n");
+}
+
+void AppendNumber(std::string* out, uint64_t number) {
+  AppendDecimal(out, number);
+  out->append("\r\n");
+}
+
+void AppendVersion(std::string* out, std::string_view text) {
+  out->append("VERSION ");
+  out->append(text);
+  out->append("\r\n");
+}
+
+void AppendStat(std::string* out, std::string_view name, std::string_view value) {
+  out->append("STAT ");
+  out->append(name);
+  out->push_back(' ');
+  out->append(value);
+  out->append("\r\n");
+}
+
+void AppendStat(std::string* out, std::string_view name, uint64_t value) {
+  out->append("STAT ");
+  out->append(name);
+  out->push_back(' ');
+  AppendDecimal(out, value);
+  out->append("\r\n");
+}
+
+void AppendStat(std::string* out, std::string_view name, int64_t value) {
+  out->append("STAT ");
+  out->append(name);
+  out->push_back(' ');
+  if (value < 0) {
+    out->push_back('-');
+    AppendDecimal(out, static_cast<uint64_t>(0) - static_cast<uint64_t>(value));
+  } else {
+    AppendDecimal(out, static_cast<uint64_t>(value));
+  }
+  out->append("\r\n");
+}
+
+}  // namespace petracache::protocol
