@@ -190,6 +190,10 @@ def parse_golden(path, data=None):
                     if p[1] not in captured:
                         raise GoldenFormatError("%s:%d: {%s} was not captured before" %
                                                 (path, lineno, p[1]))
+            # A request using a value captured in this segment's replies starts a new one.
+            if {p[1] for p in parts if isinstance(p, tuple)} & cur.captures():
+                finish()
+                cur.lineno = lineno
             cur.request += parts
         elif raw.startswith(b"< "):
             parts = unescape(raw[2:], lineno)
