@@ -1,0 +1,514 @@
+// Engine: command semantics follow memcached 1.6.18's do_store_item, do_add_delta,
+// process_get_command, process_touch_command and process_flush_all_command.
+#include "engine/engine.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <functional>
+
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "protocol/encoder.h"
+#include "protocol/numbers.h"
+
+namespace petracache::engine {
+
+using protocol::AppendError;
+using protocol::AppendReply;
+using protocol::Reply;
+using storage::ItemHeader;
+using storage::LookupStatus;
+
+namespace {
+
+// memcached's REALTIME_MAXDELTA: larger exptimes are absolute Unix times.
+constexpr int32_t kRealtimeMaxDelta = 60 * 60 * 24 * 30;
+
+bool IsLive(LookupStatus s) { return s == LookupStatus::kFound; }
+
+// One key's read inside a command: what Store::Get said, with its errors folded in.
+struct Lookup {
+  bool failed = false;       // storage error
+  bool would_block = false;  // needs disk and the caller forbade it
+  LookupStatus status = LookupStatus::kNotFound;
+};
+
+Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHeader* header,
+            std::string* value) {
+  storage::ReadOptions options;
+  options.cache_only = !allow_disk;
+  absl::StatusOr<LookupStatus> r = store->Get(key, options, header, value);
+  Lookup out;
+  if (!r.ok()) {
+    PC_LOG(kWarning, "storage read failed: %s", r.status().ToString());
+    out.failed = true;
+    return out;
+  }
+  out.status = *r;
+  out.would_block = *r == LookupStatus::kWouldBlock;
+  return out;
+}
+
+}  // namespace
+
+Engine::Engine(storage::Store* store, Clock* clock, EngineOptions options)
+    : store_(store), clock_(clock), options_(std::move(options)), start_time_(clock->Now()) {}
+
+std::mutex& Engine::StripeFor(std::string_view key) {
+  return stripes_[std::hash<std::string_view>{}(key) % kLockStripes];
+}
+
+int64_t Engine::AbsoluteExptime(int32_t exptime, int64_t now) const {
+  // A negative exptime means "already expired" (memcached maps it to a time in the past).
+  if (exptime < 0) return 1;
+  if (exptime == 0) return 0;
+  if (exptime > kRealtimeMaxDelta) return exptime;
+  return now + exptime;
+}
+
+Outcome Engine::Execute(const Command& cmd, ExecContext& ctx) {
+  if (cmd.error != ProtocolError::kNone) return Error(cmd, ctx);
+  switch (cmd.type) {
+    case CommandType::kGet:
+    case CommandType::kGets:
+    case CommandType::kGat:
+    case CommandType::kGats:
+      return Retrieve(cmd, ctx);
+    case CommandType::kSet:
+    case CommandType::kAdd:
+    case CommandType::kReplace:
+    case CommandType::kAppend:
+    case CommandType::kPrepend:
+    case CommandType::kCas:
+    case CommandType::kLeaseSet:
+      return StoreItem(cmd, ctx);
+    case CommandType::kIncr:
+    case CommandType::kDecr:
+      return Arithmetic(cmd, ctx);
+    case CommandType::kDelete:
+      return Delete(cmd, ctx);
+    case CommandType::kTouch:
+      return Touch(cmd, ctx);
+    case CommandType::kFlushAll:
+      return FlushAll(cmd, ctx);
+    case CommandType::kStats:
+      return Stats(cmd, ctx);
+    case CommandType::kVersion:
+      protocol::AppendVersion(ctx.out, options_.version);
+      return Outcome::kDone;
+    case CommandType::kVerbosity:
+      verbosity_.store(cmd.verbosity, std::memory_order_relaxed);
+      if (!cmd.noreply) AppendReply(ctx.out, Reply::kOk);
+      return Outcome::kDone;
+    case CommandType::kQuit:
+      return Outcome::kClose;
+    case CommandType::kShutdown:
+      if (!options_.enable_shutdown) {
+        AppendError(ctx.out, ProtocolError::kShutdownDisabled);
+        return Outcome::kDone;
+      }
+      if (cmd.arg.empty() || cmd.arg == "graceful") return Outcome::kShutdown;
+      AppendError(ctx.out, ProtocolError::kInvalidShutdownMode);
+      return Outcome::kDone;
+    case CommandType::kInvalid:
+    case CommandType::kLeaseGet:
+    case CommandType::kMetaGet:
+      break;
+  }
+  AppendError(ctx.out, ProtocolError::kError);
+  return Outcome::kDone;
+}
+
+Outcome Engine::Error(const Command& cmd, ExecContext& ctx) {
+  switch (cmd.error) {
+    case ProtocolError::kObjectTooLarge:
+      // memcached removes the old value so a failed set never leaves stale data behind.
+      if (cmd.type == CommandType::kSet) {
+        std::lock_guard lock(StripeFor(cmd.key));
+        if (!store_->Delete(cmd.key).ok()) ctx.stats->storage_errors.Add();
+      }
+      break;
+    case ProtocolError::kBadCommandLine:
+      // An over-long key in a multi-get: the keys before it were looked up (and a gat
+      // touched them) before memcached gave up and replied with the error alone.
+      if (!cmd.keys.empty()) {
+        std::string discard;
+        ExecContext inner{&discard, ctx.stats, ctx.allow_disk};
+        Command partial = cmd;
+        partial.error = ProtocolError::kNone;
+        if (Retrieve(partial, inner) == Outcome::kWouldBlock) return Outcome::kWouldBlock;
+      }
+      break;
+    case ProtocolError::kInvalidExptime:
+      if (cmd.type == CommandType::kFlushAll && options_.disable_flush_all) {
+        if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kFlushDisabled);
+        return Outcome::kDone;
+      }
+      break;
+    default:
+      break;
+  }
+  ctx.stats->protocol_errors.Add();
+  if (!cmd.noreply) AppendError(ctx.out, cmd.error);
+  return Outcome::kDone;
+}
+
+Outcome Engine::StorageFailure(const Command& cmd, ExecContext& ctx) {
+  ctx.stats->storage_errors.Add();
+  if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kStorageFailure);
+  return Outcome::kDone;
+}
+
+Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
+  const bool with_cas = cmd.type == CommandType::kGets || cmd.type == CommandType::kGats;
+  const bool touch = cmd.type == CommandType::kGat || cmd.type == CommandType::kGats;
+  const size_t rollback = ctx.out->size();
+  const int64_t now = clock_->Now();
+  const int64_t new_exptime = touch ? AbsoluteExptime(cmd.exptime, now) : 0;
+
+  // Counted locally and applied at the end, so a kWouldBlock attempt leaves no trace.
+  EngineTotals delta;
+  ItemHeader header;
+  std::string value;
+  for (std::string_view key : cmd.keys) {
+    Lookup r;
+    if (touch) {
+      std::lock_guard lock(StripeFor(key));
+      r = Read(store_, key, ctx.allow_disk, &header, &value);
+      if (!r.failed && IsLive(r.status)) {
+        header.exptime = new_exptime;
+        if (!store_->Put(key, header, value).ok()) r.failed = true;
+      }
+    } else {
+      r = Read(store_, key, ctx.allow_disk, &header, &value);
+    }
+    if (r.would_block) {
+      ctx.out->resize(rollback);
+      return Outcome::kWouldBlock;
+    }
+    if (r.failed) {
+      ctx.out->resize(rollback);
+      return StorageFailure(cmd, ctx);
+    }
+    delta.cmd_get++;
+    if (touch) delta.cmd_touch++;
+    if (IsLive(r.status)) {
+      protocol::AppendValue(ctx.out, key, header.flags, value, with_cas ? &header.cas : nullptr);
+      (touch ? delta.touch_hits : delta.get_hits)++;
+      continue;
+    }
+    (touch ? delta.touch_misses : delta.get_misses)++;
+    if (r.status == LookupStatus::kExpired) delta.get_expired++;
+    if (r.status == LookupStatus::kFlushed) delta.get_flushed++;
+  }
+  ctx.stats->cmd_get.Add(delta.cmd_get);
+  ctx.stats->cmd_touch.Add(delta.cmd_touch);
+  ctx.stats->get_hits.Add(delta.get_hits);
+  ctx.stats->get_misses.Add(delta.get_misses);
+  ctx.stats->touch_hits.Add(delta.touch_hits);
+  ctx.stats->touch_misses.Add(delta.touch_misses);
+  ctx.stats->get_expired.Add(delta.get_expired);
+  ctx.stats->get_flushed.Add(delta.get_flushed);
+  AppendReply(ctx.out, Reply::kEnd);
+  return Outcome::kDone;
+}
+
+Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
+  const int64_t now = clock_->Now();
+  std::lock_guard lock(StripeFor(cmd.key));
+
+  ItemHeader old;
+  std::string old_value;
+  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &old, &old_value);
+  if (r.would_block) return Outcome::kWouldBlock;
+  if (r.failed) {
+    return StorageFailure(cmd, ctx);
+  }
+  ctx.stats->cmd_set.Add();
+  const bool exists = IsLive(r.status);
+
+  auto reply = [&](Reply what) {
+    if (!cmd.noreply) AppendReply(ctx.out, what);
+    return Outcome::kDone;
+  };
+
+  ItemHeader header;
+  header.flags = cmd.flags;
+  header.exptime = AbsoluteExptime(cmd.exptime, now);
+  std::string_view value = cmd.data;
+  std::string combined;
+  switch (cmd.type) {
+    case CommandType::kSet:
+    case CommandType::kLeaseSet:
+      break;
+    case CommandType::kAdd:
+      if (exists) return reply(Reply::kNotStored);
+      break;
+    case CommandType::kReplace:
+      if (!exists) return reply(Reply::kNotStored);
+      break;
+    case CommandType::kAppend:
+    case CommandType::kPrepend:
+      // The flags and exptime sent with append/prepend are ignored; the old item's stay.
+      if (!exists) return reply(Reply::kNotStored);
+      if (ItemTotalSize(cmd.key.size(), old.flags, old_value.size() + cmd.data.size()) >
+          options_.item_size_max) {
+        return reply(Reply::kNotStored);
+      }
+      header.flags = old.flags;
+      header.exptime = old.exptime;
+      combined.reserve(old_value.size() + cmd.data.size());
+      if (cmd.type == CommandType::kAppend) {
+        combined.append(old_value).append(cmd.data);
+      } else {
+        combined.append(cmd.data).append(old_value);
+      }
+      value = combined;
+      break;
+    case CommandType::kCas:
+      if (!exists) {
+        ctx.stats->cas_misses.Add();
+        return reply(Reply::kNotFound);
+      }
+      if (cmd.cas_unique != old.cas) {
+        ctx.stats->cas_badval.Add();
+        return reply(Reply::kExists);
+      }
+      ctx.stats->cas_hits.Add();
+      break;
+    default:
+      return reply(Reply::kNotStored);
+  }
+
+  absl::StatusOr<uint64_t> cas = store_->NextCas();
+  if (!cas.ok()) return StorageFailure(cmd, ctx);
+  header.cas = *cas;
+  header.write_time = now;
+  if (!store_->Put(cmd.key, header, value).ok()) return StorageFailure(cmd, ctx);
+  ctx.stats->total_items.Add();
+  return reply(Reply::kStored);
+}
+
+Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
+  const bool incr = cmd.type == CommandType::kIncr;
+  std::lock_guard lock(StripeFor(cmd.key));
+  ItemHeader header;
+  std::string value;
+  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &header, &value);
+  if (r.would_block) return Outcome::kWouldBlock;
+  if (r.failed) {
+    return StorageFailure(cmd, ctx);
+  }
+  if (!IsLive(r.status)) {
+    (incr ? ctx.stats->incr_misses : ctx.stats->decr_misses).Add();
+    if (!cmd.noreply) AppendReply(ctx.out, Reply::kNotFound);
+    return Outcome::kDone;
+  }
+  uint64_t number = 0;
+  if (!protocol::ParseStoredNumber(value, &number)) {
+    if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kNonNumeric);
+    return Outcome::kDone;
+  }
+  if (incr) {
+    number += cmd.delta;  // wraps at 2^64, as memcached
+  } else {
+    number = cmd.delta > number ? 0 : number - cmd.delta;
+  }
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), number);
+  std::string_view text(digits, static_cast<size_t>(end - digits));
+  // memcached rewrites a shorter result in place, padding the old length with spaces.
+  std::string new_value(text);
+  if (new_value.size() < value.size()) new_value.resize(value.size(), ' ');
+
+  absl::StatusOr<uint64_t> cas = store_->NextCas();
+  if (!cas.ok()) {
+    return StorageFailure(cmd, ctx);
+  }
+  header.cas = *cas;
+  header.write_time = clock_->Now();
+  if (!store_->Put(cmd.key, header, new_value).ok()) {
+    return StorageFailure(cmd, ctx);
+  }
+  (incr ? ctx.stats->incr_hits : ctx.stats->decr_hits).Add();
+  if (!cmd.noreply) protocol::AppendNumber(ctx.out, number);
+  return Outcome::kDone;
+}
+
+Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
+  std::lock_guard lock(StripeFor(cmd.key));
+  ItemHeader header;
+  std::string value;
+  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &header, &value);
+  if (r.would_block) return Outcome::kWouldBlock;
+  if (r.failed || (IsLive(r.status) && !store_->Delete(cmd.key).ok())) {
+    return StorageFailure(cmd, ctx);
+  }
+  if (IsLive(r.status)) {
+    ctx.stats->delete_hits.Add();
+    if (!cmd.noreply) AppendReply(ctx.out, Reply::kDeleted);
+  } else {
+    ctx.stats->delete_misses.Add();
+    if (!cmd.noreply) AppendReply(ctx.out, Reply::kNotFound);
+  }
+  return Outcome::kDone;
+}
+
+Outcome Engine::Touch(const Command& cmd, ExecContext& ctx) {
+  const int64_t now = clock_->Now();
+  std::lock_guard lock(StripeFor(cmd.key));
+  ItemHeader header;
+  std::string value;
+  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &header, &value);
+  if (r.would_block) return Outcome::kWouldBlock;
+  if (r.failed) {
+    return StorageFailure(cmd, ctx);
+  }
+  ctx.stats->cmd_touch.Add();
+  if (!IsLive(r.status)) {
+    ctx.stats->touch_misses.Add();
+    if (!cmd.noreply) AppendReply(ctx.out, Reply::kNotFound);
+    return Outcome::kDone;
+  }
+  // touch changes only the expiry: memcached keeps the CAS.
+  header.exptime = AbsoluteExptime(cmd.exptime, now);
+  if (!store_->Put(cmd.key, header, value).ok()) {
+    return StorageFailure(cmd, ctx);
+  }
+  ctx.stats->touch_hits.Add();
+  if (!cmd.noreply) AppendReply(ctx.out, Reply::kTouched);
+  return Outcome::kDone;
+}
+
+Outcome Engine::FlushAll(const Command& cmd, ExecContext& ctx) {
+  if (options_.disable_flush_all) {
+    if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kFlushDisabled);
+    return Outcome::kDone;
+  }
+  const int64_t now = clock_->Now();
+  const int32_t delay = cmd.has_exptime ? cmd.exptime : 0;
+  const int64_t deadline = delay > 0 ? AbsoluteExptime(delay, now) : now;
+  // memcached: oldest_live = deadline - 1; an immediate flush also sets oldest_cas so that
+  // items written earlier in this very second die while later ones live.
+  storage::FlushState state = store_->GetFlushState();
+  state.oldest_live = deadline - 1;
+  if (state.oldest_live <= now) {
+    absl::StatusOr<uint64_t> cas = store_->NextCas();
+    if (!cas.ok()) {
+      return StorageFailure(cmd, ctx);
+    }
+    state.oldest_cas = *cas;
+  }
+  if (!store_->SetFlushState(state).ok()) {
+    return StorageFailure(cmd, ctx);
+  }
+  ctx.stats->cmd_flush.Add();
+  if (!cmd.noreply) AppendReply(ctx.out, Reply::kOk);
+  return Outcome::kDone;
+}
+
+Outcome Engine::Stats(const Command& cmd, ExecContext& ctx) {
+  std::string_view sub = cmd.arg;
+  if (sub.empty()) {
+    AppendGeneralStats(ctx.out);
+  } else if (sub == "reset") {
+    ResetStats();
+    AppendReply(ctx.out, Reply::kReset);
+    return Outcome::kDone;
+  } else if (sub == "settings") {
+    std::lock_guard lock(stats_mu_);
+    for (const auto& [name, value] : settings_) protocol::AppendStat(ctx.out, name, value);
+  } else if (sub == "items" || sub == "slabs" || sub == "sizes" || sub == "conns") {
+    // memcached's per-slab-class views: PetraCache has no slab classes, so the lists are
+    // empty (exporters that scrape them keep working).
+  } else {
+    AppendError(ctx.out, ProtocolError::kError);
+    return Outcome::kDone;
+  }
+  AppendReply(ctx.out, Reply::kEnd);
+  return Outcome::kDone;
+}
+
+void Engine::AppendGeneralStats(std::string* out) {
+  using protocol::AppendStat;
+  EngineTotals t = Totals();
+  ServerStats s;
+  {
+    std::lock_guard lock(stats_mu_);
+    if (server_stats_) s = server_stats_();
+    s.total_connections -= std::min(s.total_connections, server_base_.total_connections);
+    s.rejected_connections -= std::min(s.rejected_connections, server_base_.rejected_connections);
+    s.bytes_read -= std::min(s.bytes_read, server_base_.bytes_read);
+    s.bytes_written -= std::min(s.bytes_written, server_base_.bytes_written);
+  }
+  storage::StoreStats store_stats = store_->GetStats();
+  const int64_t now = clock_->Now();
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& tv) {
+    return absl::StrFormat("%d.%06d", static_cast<int64_t>(tv.tv_sec),
+                           static_cast<int64_t>(tv.tv_usec));
+  };
+
+  AppendStat(out, "pid", static_cast<int64_t>(getpid()));
+  AppendStat(out, "uptime", now - start_time_);
+  AppendStat(out, "time", now);
+  std::string_view version = options_.version;
+  AppendStat(out, "version", version.substr(0, version.find(' ')));
+  AppendStat(out, "petracache_version", version.substr(version.find(' ') + 1));
+  AppendStat(out, "pointer_size", static_cast<uint64_t>(sizeof(void*) * 8));
+  AppendStat(out, "rusage_user", seconds(usage.ru_utime));
+  AppendStat(out, "rusage_system", seconds(usage.ru_stime));
+  AppendStat(out, "max_connections", s.max_connections);
+  AppendStat(out, "curr_connections", s.curr_connections);
+  AppendStat(out, "total_connections", s.total_connections);
+  AppendStat(out, "rejected_connections", s.rejected_connections);
+#define PETRACACHE_APPEND_COUNTER(name) AppendStat(out, #name, t.name);
+  PETRACACHE_ENGINE_COUNTERS(PETRACACHE_APPEND_COUNTER)
+#undef PETRACACHE_APPEND_COUNTER
+  AppendStat(out, "bytes_read", s.bytes_read);
+  AppendStat(out, "bytes_written", s.bytes_written);
+  AppendStat(out, "limit_maxbytes", s.limit_maxbytes);
+  AppendStat(out, "threads", s.threads);
+  AppendStat(out, "bytes", store_stats.approximate_bytes);
+  AppendStat(out, "curr_items", store_stats.approximate_items);
+  AppendStat(out, "evictions", uint64_t{0});
+  AppendStat(out, "expired_compacted", store_stats.compaction_dropped_expired);
+  AppendStat(out, "flushed_compacted", store_stats.compaction_dropped_flushed);
+}
+
+EngineStats* Engine::RegisterStats() {
+  std::lock_guard lock(stats_mu_);
+  stats_blocks_.push_back(std::make_unique<EngineStats>());
+  return stats_blocks_.back().get();
+}
+
+EngineTotals Engine::Totals() const {
+  std::lock_guard lock(stats_mu_);
+  EngineTotals t;
+  for (const auto& block : stats_blocks_) t.Add(*block);
+  t.Subtract(stats_base_);
+  return t;
+}
+
+void Engine::ResetStats() {
+  EngineTotals now;
+  std::lock_guard lock(stats_mu_);
+  for (const auto& block : stats_blocks_) now.Add(*block);
+  stats_base_ = now;
+  if (server_stats_) server_base_ = server_stats_();
+}
+
+void Engine::SetServerStatsSource(std::function<ServerStats()> source) {
+  std::lock_guard lock(stats_mu_);
+  server_stats_ = std::move(source);
+}
+
+void Engine::SetSettings(std::vector<std::pair<std::string, std::string>> settings) {
+  std::lock_guard lock(stats_mu_);
+  settings_ = std::move(settings);
+}
+
+}  // namespace petracache::engine

@@ -1,0 +1,106 @@
+// Engine: memcached's command semantics (Command x Store -> reply bytes), linearizable per key
+// across threads.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/clock.h"
+#include "engine/stats.h"
+#include "petracache/command.h"
+#include "storage/store.h"
+
+namespace petracache::engine {
+
+struct EngineOptions {
+  // Text after "VERSION ": memcached's version first (clients parse it), then ours.
+  std::string version;
+  bool enable_shutdown = false;
+  bool disable_flush_all = false;
+  // Limits append/prepend results like memcached's item size limit.
+  size_t item_size_max = kDefaultItemSizeMax;
+};
+
+enum class Outcome {
+  kDone,        // reply (if any) appended
+  kWouldBlock,  // ctx.allow_disk was false and the answer needs disk: nothing was changed or
+                // appended; run the same command again with allow_disk = true
+  kClose,       // reply appended (if any); close the connection (quit)
+  kShutdown,    // the client asked the server to shut down (enabled by config)
+};
+
+struct ExecContext {
+  std::string* out = nullptr;
+  EngineStats* stats = nullptr;
+  bool allow_disk = true;
+};
+
+// Thread-safe: any number of threads may Execute concurrently, each with its own EngineStats.
+//
+// Linearizability: every command that reads and then writes a key (all mutations) holds the
+// key's lock stripe across the read and the write, and allocates its CAS inside it, so two
+// clients on different cores never interleave inside one key's read-modify-write. Plain reads
+// take no lock: a single Store::Get observes a whole write or none of it.
+class Engine {
+ public:
+  Engine(storage::Store* store, Clock* clock, EngineOptions options);
+
+  Outcome Execute(const Command& cmd, ExecContext& ctx);
+
+  // A per-thread stats block that lives as long as the engine; summed by Totals().
+  EngineStats* RegisterStats();
+  // Counters since start or the last `stats reset`.
+  EngineTotals Totals() const;
+  void ResetStats();
+
+  // Where `stats` gets server-level figures; `stats settings` prints `settings` verbatim.
+  void SetServerStatsSource(std::function<ServerStats()> source);
+  void SetSettings(std::vector<std::pair<std::string, std::string>> settings);
+
+  uint32_t verbosity() const { return verbosity_.load(std::memory_order_relaxed); }
+  int64_t start_time() const { return start_time_; }
+  storage::Store* store() const { return store_; }
+
+ private:
+  static constexpr size_t kLockStripes = 1024;
+
+  std::mutex& StripeFor(std::string_view key);
+  // memcached's realtime(): protocol exptime -> absolute Unix seconds (0 = never).
+  int64_t AbsoluteExptime(int32_t exptime, int64_t now) const;
+
+  Outcome Retrieve(const Command& cmd, ExecContext& ctx);
+  Outcome StoreItem(const Command& cmd, ExecContext& ctx);
+  Outcome Arithmetic(const Command& cmd, ExecContext& ctx);
+  Outcome Delete(const Command& cmd, ExecContext& ctx);
+  Outcome Touch(const Command& cmd, ExecContext& ctx);
+  Outcome FlushAll(const Command& cmd, ExecContext& ctx);
+  Outcome Stats(const Command& cmd, ExecContext& ctx);
+  Outcome Error(const Command& cmd, ExecContext& ctx);
+  void AppendGeneralStats(std::string* out);
+  // Replies SERVER_ERROR for a failed storage call (noreply suppresses it, as memcached does
+  // for its own SERVER_ERRORs: an unexpected line would desynchronize the client).
+  Outcome StorageFailure(const Command& cmd, ExecContext& ctx);
+
+  storage::Store* const store_;
+  Clock* const clock_;
+  const EngineOptions options_;
+  const int64_t start_time_;
+  std::atomic<uint32_t> verbosity_{0};
+  std::array<std::mutex, kLockStripes> stripes_;
+
+  mutable std::mutex stats_mu_;
+  std::vector<std::unique_ptr<EngineStats>> stats_blocks_;     // guarded by stats_mu_
+  EngineTotals stats_base_;                                    // guarded by stats_mu_
+  ServerStats server_base_;                                    // guarded by stats_mu_
+  std::function<ServerStats()> server_stats_;                  // guarded by stats_mu_
+  std::vector<std::pair<std::string, std::string>> settings_;  // guarded by stats_mu_
+};
+
+}  // namespace petracache::engine
