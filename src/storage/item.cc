@@ -1,0 +1,52 @@
+// The value record codec: a fixed little-endian header in front of the value bytes.
+#include "storage/item.h"
+
+namespace petracache::storage {
+namespace {
+
+// Explicit byte shifts so the format is little endian on every host.
+void PutFixed32(uint32_t v, std::string* out) {
+  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+void PutFixed64(uint64_t v, std::string* out) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+uint32_t GetFixed32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<uint8_t>(p[i])) << (8 * i);
+  return v;
+}
+
+uint64_t GetFixed64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
+  return v;
+}
+
+}  // namespace
+
+void EncodeRecord(const ItemHeader& header, std::string_view value, std::string* out) {
+  out->reserve(out->size() + kRecordHeaderSize + value.size());
+  out->push_back(static_cast<char>(kRecordFormatV1));
+  PutFixed32(header.flags, out);
+  PutFixed64(static_cast<uint64_t>(header.exptime), out);
+  PutFixed64(header.cas, out);
+  PutFixed64(static_cast<uint64_t>(header.write_time), out);
+  out->append(value);
+}
+
+bool DecodeRecord(std::string_view record, ItemHeader* header, std::string_view* value) {
+  if (record.size() < kRecordHeaderSize) return false;
+  if (static_cast<uint8_t>(record[0]) != kRecordFormatV1) return false;
+  const char* p = record.data();
+  header->flags = GetFixed32(p + 1);
+  header->exptime = static_cast<int64_t>(GetFixed64(p + 5));
+  header->cas = GetFixed64(p + 13);
+  header->write_time = static_cast<int64_t>(GetFixed64(p + 21));
+  *value = record.substr(kRecordHeaderSize);
+  return true;
+}
+
+}  // namespace petracache::storage

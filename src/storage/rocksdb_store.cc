@@ -1,0 +1,608 @@
+// RocksDbStore: items in the "default" column family, the CAS ceiling and flush_all state in
+// "meta", expired/flushed items reclaimed by a compaction filter. The only file that includes
+// RocksDB headers. Design notes: docs/storage.md.
+#include "storage/rocksdb_store.h"
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/logging.h"
+#include "rocksdb/cache.h"
+#include "rocksdb/compaction_filter.h"
+#include "rocksdb/convenience.h"
+#include "rocksdb/db.h"
+#include "rocksdb/filter_policy.h"
+#include "rocksdb/iterator.h"
+#include "rocksdb/options.h"
+#include "rocksdb/statistics.h"
+#include "rocksdb/table.h"
+#include "storage/flush_state_cell.h"
+
+namespace petracache::storage {
+namespace {
+
+constexpr char kMetaColumnFamily[] = "meta";
+constexpr char kCasCeilingKey[] = "cas_ceiling";
+constexpr char kFlushStateKey[] = "flush_state";
+constexpr uint8_t kMetaFormatV1 = 1;
+
+// CAS values handed out per persisted ceiling: one synchronous meta write per 2^20 CAS values,
+// and at most 2^20 values skipped per restart.
+constexpr uint64_t kCasBlock = uint64_t{1} << 20;
+
+// Files not compacted for this long are rewritten so the compaction filter reclaims expired
+// items even in cold key ranges.
+constexpr uint64_t kPeriodicCompactionSeconds = 24 * 60 * 60;
+
+// Fraction of write_buffer_size spent on the memtable whole-key bloom filter.
+constexpr double kMemtableBloomRatio = 0.02;
+constexpr int kBloomBitsPerKey = 10;
+
+void PutFixed64(uint64_t v, std::string* out) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+uint64_t GetFixed64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
+  return v;
+}
+
+// Meta records: format byte + fixed-width little-endian fields.
+std::string EncodeCasCeiling(uint64_t ceiling) {
+  std::string out(1, static_cast<char>(kMetaFormatV1));
+  PutFixed64(ceiling, &out);
+  return out;
+}
+
+bool DecodeCasCeiling(std::string_view in, uint64_t* ceiling) {
+  if (in.size() != 9 || static_cast<uint8_t>(in[0]) != kMetaFormatV1) return false;
+  *ceiling = GetFixed64(in.data() + 1);
+  return true;
+}
+
+std::string EncodeFlushState(const FlushState& state) {
+  std::string out(1, static_cast<char>(kMetaFormatV1));
+  PutFixed64(static_cast<uint64_t>(state.oldest_live), &out);
+  PutFixed64(state.oldest_cas, &out);
+  return out;
+}
+
+bool DecodeFlushState(std::string_view in, FlushState* state) {
+  if (in.size() != 17 || static_cast<uint8_t>(in[0]) != kMetaFormatV1) return false;
+  state->oldest_live = static_cast<int64_t>(GetFixed64(in.data() + 1));
+  state->oldest_cas = GetFixed64(in.data() + 9);
+  return true;
+}
+
+rocksdb::Slice ToSlice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
+
+// Converts a RocksDB status; `context` says what was being done (and names the path).
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
+  if (s.ok()) return absl::OkStatus();
+  std::string message = absl::StrCat(context, ": ", s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(message);
+  if (s.IsCorruption()) return absl::DataLossError(message);
+  if (s.IsInvalidArgument()) return absl::InvalidArgumentError(message);
+  if (s.IsNotSupported()) return absl::UnimplementedError(message);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(message);
+  if (s.IsBusy() || s.IsTimedOut() || s.IsTryAgain() || s.IsIncomplete()) {
+    return absl::UnavailableError(message);
+  }
+  if (s.IsIOError() && absl::StrContains(s.ToString(), "Permission denied")) {
+    return absl::PermissionDeniedError(message);
+  }
+  return absl::InternalError(message);
+}
+
+// The open error an operator can act on: who holds the lock, that the data is corrupt, or
+// what RocksDB said about the path.
+absl::Status OpenError(const rocksdb::Status& s, const std::string& path) {
+  const std::string text = s.ToString();
+  if (s.IsIOError() && absl::StrContains(text, "/LOCK")) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database at '", path,
+        "' is in use: another process (e.g. another petracache) or another store in this "
+        "process holds its LOCK file (",
+        text, ")"));
+  }
+  if (s.IsCorruption()) {
+    return absl::DataLossError(absl::StrCat("database at '", path, "' is corrupt (", text,
+                                            "); restore it or remove the directory"));
+  }
+  absl::Status status = FromRocks(s, absl::StrCat("cannot open database at '", path, "'"));
+  // An I/O failure while opening is about the environment (not a directory, read-only, ...).
+  if (status.code() == absl::StatusCode::kInternal) {
+    return absl::FailedPreconditionError(status.message());
+  }
+  return status;
+}
+
+// State shared by the store and every compaction filter. Held by shared_ptr so a filter
+// running while the store shuts down never touches freed memory.
+struct Liveness {
+  explicit Liveness(Clock* c) : clock(c) {}
+  Clock* const clock;
+  FlushStateCell flush_state;
+  std::atomic<uint64_t> dropped_expired{0};
+  std::atomic<uint64_t> dropped_flushed{0};
+};
+
+// Drops items that are flushed or expired. A kRemove becomes a deletion tombstone (RocksDB's
+// CompactionIterator rewrites the entry as kTypeDeletion) that is only discarded once no
+// older version can exist below the output level, so a removed item can never uncover an
+// older version of the same key.
+class ItemCompactionFilter final : public rocksdb::CompactionFilter {
+ public:
+  explicit ItemCompactionFilter(std::shared_ptr<Liveness> liveness)
+      : liveness_(std::move(liveness)) {}
+
+  Decision FilterV2(int /*level*/, const rocksdb::Slice& /*key*/, ValueType value_type,
+                    const rocksdb::Slice& existing_value, std::string* /*new_value*/,
+                    std::string* /*skip_until*/) const override {
+    if (value_type != ValueType::kValue) return Decision::kKeep;
+    ItemHeader header;
+    std::string_view value;
+    // Never drop what we cannot read: Get reports it as corruption instead.
+    if (!DecodeRecord(std::string_view(existing_value.data(), existing_value.size()), &header,
+                      &value)) {
+      return Decision::kKeep;
+    }
+    const int64_t now = liveness_->clock->Now();
+    if (IsFlushed(header, liveness_->flush_state.Load(), now)) {
+      liveness_->dropped_flushed.fetch_add(1, std::memory_order_relaxed);
+      return Decision::kRemove;
+    }
+    if (IsExpired(header, now)) {
+      liveness_->dropped_expired.fetch_add(1, std::memory_order_relaxed);
+      return Decision::kRemove;
+    }
+    return Decision::kKeep;
+  }
+
+  const char* Name() const override { return "petracache.ItemCompactionFilter"; }
+
+ private:
+  std::shared_ptr<Liveness> liveness_;
+};
+
+class ItemCompactionFilterFactory final : public rocksdb::CompactionFilterFactory {
+ public:
+  explicit ItemCompactionFilterFactory(std::shared_ptr<Liveness> liveness)
+      : liveness_(std::move(liveness)) {}
+
+  std::unique_ptr<rocksdb::CompactionFilter> CreateCompactionFilter(
+      const rocksdb::CompactionFilter::Context& /*context*/) override {
+    return std::make_unique<ItemCompactionFilter>(liveness_);
+  }
+
+  const char* Name() const override { return "petracache.ItemCompactionFilterFactory"; }
+
+ private:
+  std::shared_ptr<Liveness> liveness_;
+};
+
+absl::Status ValidateOptions(const RocksDbStore::Options& o) {
+  if (o.db_path.empty()) return absl::InvalidArgumentError("storage db_path is empty");
+  if (o.block_cache_size == 0) {
+    return absl::InvalidArgumentError("storage block_cache_size must be > 0");
+  }
+  if (o.write_buffer_size == 0) {
+    return absl::InvalidArgumentError("storage write_buffer_size must be > 0");
+  }
+  if (o.max_write_buffer_number < 1) {
+    return absl::InvalidArgumentError("storage max_write_buffer_number must be >= 1");
+  }
+  if (o.target_file_size_base == 0) {
+    return absl::InvalidArgumentError("storage target_file_size_base must be > 0");
+  }
+  if (o.max_background_jobs < 1) {
+    return absl::InvalidArgumentError("storage max_background_jobs must be >= 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CreateParentDirectories(const std::string& db_path) {
+  const std::filesystem::path parent = std::filesystem::path(db_path).parent_path();
+  if (parent.empty()) return absl::OkStatus();
+  std::error_code ec;
+  std::filesystem::create_directories(parent, ec);
+  if (!ec) return absl::OkStatus();
+  std::string message = absl::StrCat("cannot create directory '", parent.string(),
+                                     "' for storage db_path '", db_path, "': ", ec.message());
+  if (ec == std::errc::permission_denied) return absl::PermissionDeniedError(message);
+  return absl::FailedPreconditionError(message);
+}
+
+rocksdb::CompressionType ChooseCompression(bool enable) {
+  if (!enable) return rocksdb::kNoCompression;
+  const std::vector<rocksdb::CompressionType> supported = rocksdb::GetSupportedCompressions();
+  auto has = [&](rocksdb::CompressionType t) {
+    return std::find(supported.begin(), supported.end(), t) != supported.end();
+  };
+  if (has(rocksdb::kLZ4Compression)) return rocksdb::kLZ4Compression;
+  if (has(rocksdb::kSnappyCompression)) return rocksdb::kSnappyCompression;
+  PC_LOG(kWarning, "storage: enable_compression set but neither LZ4 nor Snappy is available");
+  return rocksdb::kNoCompression;
+}
+
+rocksdb::BlockBasedTableOptions TableOptions(const std::shared_ptr<rocksdb::Cache>& cache) {
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = cache;
+  // A whole-key bloom filter answers most misses without reading a data block.
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(kBloomBitsPerKey));
+  table.whole_key_filtering = true;
+  // Index and filter blocks live in (and are bounded by) the block cache; L0's stay pinned
+  // because every lookup consults every L0 file.
+  table.cache_index_and_filter_blocks = true;
+  table.cache_index_and_filter_blocks_with_high_priority = true;
+  table.pin_l0_filter_and_index_blocks_in_cache = true;
+  // A hash index inside each data block turns the in-block binary search into one probe.
+  table.data_block_index_type = rocksdb::BlockBasedTableOptions::kDataBlockBinaryAndHash;
+  table.data_block_hash_table_util_ratio = 0.75;
+  return table;
+}
+
+}  // namespace
+
+bool ParseDurability(std::string_view text, Durability* out) {
+  if (text == "none") {
+    *out = Durability::kNone;
+  } else if (text == "wal") {
+    *out = Durability::kWal;
+  } else if (text == "sync") {
+    *out = Durability::kSync;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+std::string_view DurabilityName(Durability durability) {
+  switch (durability) {
+    case Durability::kNone:
+      return "none";
+    case Durability::kWal:
+      return "wal";
+    case Durability::kSync:
+      return "sync";
+  }
+  return "wal";
+}
+
+struct RocksDbStore::Impl {
+  Options options;
+  std::shared_ptr<Liveness> liveness;
+  std::shared_ptr<rocksdb::Cache> block_cache;
+  std::shared_ptr<rocksdb::Statistics> statistics;
+  std::unique_ptr<rocksdb::DB> db;
+  rocksdb::ColumnFamilyHandle* items_cf = nullptr;
+  rocksdb::ColumnFamilyHandle* meta_cf = nullptr;
+  rocksdb::WriteOptions item_write_options;
+  rocksdb::WriteOptions meta_write_options;  // always WAL + fsync
+  bool closed = false;
+
+  // Every CAS below cas_ceiling is covered by the ceiling persisted in meta.
+  std::atomic<uint64_t> next_cas{1};
+  std::atomic<uint64_t> cas_ceiling{0};
+  absl::Mutex cas_mu;    // serializes ceiling extensions
+  absl::Mutex flush_mu;  // serializes SetFlushState
+
+  absl::Status PersistCasCeiling(uint64_t ceiling) {
+    return FromRocks(
+        db->Put(meta_write_options, meta_cf, kCasCeilingKey, EncodeCasCeiling(ceiling)),
+        absl::StrCat("persisting CAS ceiling in '", options.db_path, "'"));
+  }
+
+  absl::StatusOr<uint64_t> ExtendCasCeiling(uint64_t cas) {
+    absl::MutexLock lock(&cas_mu);
+    if (cas < cas_ceiling.load(std::memory_order_acquire)) return cas;  // someone else did it
+    const uint64_t new_ceiling = cas + kCasBlock;
+    // On failure `cas` is never handed out, so uniqueness holds; the next caller retries.
+    absl::Status status = PersistCasCeiling(new_ceiling);
+    if (!status.ok()) return status;
+    cas_ceiling.store(new_ceiling, std::memory_order_release);
+    return cas;
+  }
+
+  // Reads a meta value; *found is false when the key is absent.
+  absl::Status ReadMeta(const char* key, std::string* value, bool* found) {
+    rocksdb::Status s = db->Get(rocksdb::ReadOptions(), meta_cf, key, value);
+    *found = s.ok();
+    if (s.IsNotFound()) return absl::OkStatus();
+    return FromRocks(s, absl::StrCat("reading ", key, " from '", options.db_path, "'"));
+  }
+
+  absl::Status LoadMeta() {
+    std::string raw;
+    bool found = false;
+    absl::Status status = ReadMeta(kFlushStateKey, &raw, &found);
+    if (!status.ok()) return status;
+    FlushState flush_state;
+    if (found && !DecodeFlushState(raw, &flush_state)) {
+      return absl::DataLossError(
+          absl::StrCat("database at '", options.db_path, "' is corrupt: bad flush state record"));
+    }
+    liveness->flush_state.Store(flush_state);
+
+    status = ReadMeta(kCasCeilingKey, &raw, &found);
+    if (!status.ok()) return status;
+    uint64_t next = 1;
+    if (found && !DecodeCasCeiling(raw, &next)) {
+      return absl::DataLossError(
+          absl::StrCat("database at '", options.db_path, "' is corrupt: bad CAS ceiling record"));
+    }
+    next = std::max<uint64_t>(next, 1);
+    // Every CAS of the previous run is below the persisted ceiling, so starting there keeps
+    // CAS strictly increasing across restarts.
+    const uint64_t ceiling = next + kCasBlock;
+    status = PersistCasCeiling(ceiling);
+    if (!status.ok()) return status;
+    next_cas.store(next, std::memory_order_relaxed);
+    cas_ceiling.store(ceiling, std::memory_order_release);
+    return absl::OkStatus();
+  }
+};
+
+absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& options) {
+  absl::Status status = ValidateOptions(options);
+  if (!status.ok()) return status;
+  status = CreateParentDirectories(options.db_path);
+  if (!status.ok()) return status;
+
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  if (impl->options.clock == nullptr) impl->options.clock = SystemClock::Get();
+  impl->liveness = std::make_shared<Liveness>(impl->options.clock);
+  impl->block_cache = rocksdb::NewLRUCache(options.block_cache_size);
+  impl->statistics = rocksdb::CreateDBStatistics();
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  // Keep every table reader open: with RocksDB 7.8.3 a kBlockCacheTier read that misses the
+  // table cache can report NotFound instead of Incomplete. Also required by periodic
+  // compaction.
+  db_options.max_open_files = -1;
+  db_options.max_background_jobs = options.max_background_jobs;
+  db_options.statistics = impl->statistics;
+  db_options.bytes_per_sync = 1 << 20;
+  db_options.keep_log_file_num = 5;
+
+  rocksdb::ColumnFamilyOptions items_options;
+  items_options.table_factory.reset(
+      rocksdb::NewBlockBasedTableFactory(TableOptions(impl->block_cache)));
+  items_options.write_buffer_size = options.write_buffer_size;
+  items_options.max_write_buffer_number = options.max_write_buffer_number;
+  items_options.target_file_size_base = options.target_file_size_base;
+  items_options.memtable_prefix_bloom_size_ratio = kMemtableBloomRatio;
+  items_options.memtable_whole_key_filtering = true;
+  items_options.compression = ChooseCompression(options.enable_compression);
+  // Keep filters on the last level too: a cache sees many misses, and they reach the bottom.
+  items_options.optimize_filters_for_hits = false;
+  items_options.level_compaction_dynamic_level_bytes = true;
+  items_options.compaction_filter_factory =
+      std::make_shared<ItemCompactionFilterFactory>(impl->liveness);
+  items_options.periodic_compaction_seconds =
+      options.enable_ttl_compaction ? kPeriodicCompactionSeconds : 0;
+
+  rocksdb::ColumnFamilyOptions meta_options;
+  meta_options.table_factory.reset(
+      rocksdb::NewBlockBasedTableFactory(TableOptions(impl->block_cache)));
+  meta_options.write_buffer_size = 1 << 20;
+  meta_options.compression = rocksdb::kNoCompression;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors = {
+      {rocksdb::kDefaultColumnFamilyName, items_options},
+      {kMetaColumnFamily, meta_options},
+  };
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(rocksdb::Options(db_options, items_options),
+                                        options.db_path, descriptors, &handles, &db);
+  if (!s.ok()) return OpenError(s, options.db_path);
+  impl->db.reset(db);
+  impl->items_cf = handles[0];
+  impl->meta_cf = handles[1];
+
+  impl->item_write_options.sync = options.durability == Durability::kSync;
+  impl->item_write_options.disableWAL = options.durability == Durability::kNone;
+  impl->meta_write_options.sync = true;
+
+  auto store = std::unique_ptr<RocksDbStore>(new RocksDbStore(std::move(impl)));
+  status = store->impl_->LoadMeta();
+  if (!status.ok()) return status;  // the destructor closes the database
+  PC_LOG(kInfo, "storage: opened '%s' (durability=%s, block_cache=%d bytes)", options.db_path,
+         DurabilityName(options.durability), options.block_cache_size);
+  return store;
+}
+
+RocksDbStore::RocksDbStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RocksDbStore::~RocksDbStore() {
+  absl::Status status = Close();
+  if (!status.ok()) PC_LOG(kError, "storage: %s", status.ToString());
+}
+
+absl::Status RocksDbStore::Close() {
+  Impl& impl = *impl_;
+  if (impl.closed) return absl::OkStatus();
+  impl.closed = true;
+  absl::Status result;
+  if (impl.options.durability == Durability::kNone) {
+    // Writes without WAL exist only in the memtables: persist them before closing.
+    result = FromRocks(impl.db->Flush(rocksdb::FlushOptions(), impl.items_cf),
+                       absl::StrCat("flushing '", impl.options.db_path, "' on close"));
+  }
+  for (rocksdb::ColumnFamilyHandle* handle : {impl.items_cf, impl.meta_cf}) {
+    rocksdb::Status s = impl.db->DestroyColumnFamilyHandle(handle);
+    if (result.ok() && !s.ok()) result = FromRocks(s, "releasing a column family");
+  }
+  impl.items_cf = nullptr;
+  impl.meta_cf = nullptr;
+  rocksdb::Status s = impl.db->Close();
+  if (result.ok() && !s.ok()) {
+    result = FromRocks(s, absl::StrCat("closing '", impl.options.db_path, "'"));
+  }
+  impl.db.reset();
+  return result;
+}
+
+absl::StatusOr<LookupStatus> RocksDbStore::Get(std::string_view key, const ReadOptions& options,
+                                               ItemHeader* header, std::string* value) {
+  rocksdb::ReadOptions read_options;
+  if (options.cache_only) read_options.read_tier = rocksdb::kBlockCacheTier;
+  rocksdb::PinnableSlice record;
+  rocksdb::Status s = impl_->db->Get(read_options, impl_->items_cf, ToSlice(key), &record);
+  if (s.IsNotFound()) return LookupStatus::kNotFound;
+  if (s.IsIncomplete()) return LookupStatus::kWouldBlock;
+  if (!s.ok()) return FromRocks(s, "reading an item");
+
+  ItemHeader decoded;
+  std::string_view stored;
+  if (!DecodeRecord(std::string_view(record.data(), record.size()), &decoded, &stored)) {
+    return absl::DataLossError(absl::StrCat("corrupt record (", record.size(),
+                                            " bytes) in database at '", impl_->options.db_path,
+                                            "'"));
+  }
+  const int64_t now = impl_->options.clock->Now();
+  // Flushed before expired: memcached reports get_flushed ahead of get_expired.
+  if (IsFlushed(decoded, impl_->liveness->flush_state.Load(), now)) return LookupStatus::kFlushed;
+  if (IsExpired(decoded, now)) return LookupStatus::kExpired;
+  *header = decoded;
+  value->assign(stored);
+  return LookupStatus::kFound;
+}
+
+absl::Status RocksDbStore::Put(std::string_view key, const ItemHeader& header,
+                               std::string_view value) {
+  std::string record;
+  EncodeRecord(header, value, &record);
+  return FromRocks(impl_->db->Put(impl_->item_write_options, impl_->items_cf, ToSlice(key), record),
+                   "writing an item");
+}
+
+absl::Status RocksDbStore::Delete(std::string_view key) {
+  return FromRocks(impl_->db->Delete(impl_->item_write_options, impl_->items_cf, ToSlice(key)),
+                   "deleting an item");
+}
+
+absl::StatusOr<uint64_t> RocksDbStore::NextCas() {
+  const uint64_t cas = impl_->next_cas.fetch_add(1, std::memory_order_relaxed);
+  if (cas < impl_->cas_ceiling.load(std::memory_order_acquire)) return cas;
+  return impl_->ExtendCasCeiling(cas);
+}
+
+absl::Status RocksDbStore::SetFlushState(const FlushState& state) {
+  absl::MutexLock lock(&impl_->flush_mu);
+  absl::Status status =
+      FromRocks(impl_->db->Put(impl_->meta_write_options, impl_->meta_cf, kFlushStateKey,
+                               EncodeFlushState(state)),
+                absl::StrCat("persisting flush state in '", impl_->options.db_path, "'"));
+  if (!status.ok()) return status;
+  impl_->liveness->flush_state.Store(state);
+  return absl::OkStatus();
+}
+
+FlushState RocksDbStore::GetFlushState() const { return impl_->liveness->flush_state.Load(); }
+
+StoreStats RocksDbStore::GetStats() const {
+  StoreStats stats;
+  rocksdb::DB* db = impl_->db.get();
+  uint64_t live_bytes = 0;
+  uint64_t memtable_bytes = 0;
+  if (!db->GetIntProperty(impl_->items_cf, rocksdb::DB::Properties::kEstimateNumKeys,
+                          &stats.approximate_items)) {
+    stats.approximate_items = 0;
+  }
+  if (!db->GetIntProperty(impl_->items_cf, rocksdb::DB::Properties::kEstimateLiveDataSize,
+                          &live_bytes)) {
+    live_bytes = 0;
+  }
+  if (!db->GetIntProperty(impl_->items_cf, rocksdb::DB::Properties::kCurSizeAllMemTables,
+                          &memtable_bytes)) {
+    memtable_bytes = 0;
+  }
+  stats.approximate_bytes = live_bytes + memtable_bytes;
+  stats.compaction_dropped_expired =
+      impl_->liveness->dropped_expired.load(std::memory_order_relaxed);
+  stats.compaction_dropped_flushed =
+      impl_->liveness->dropped_flushed.load(std::memory_order_relaxed);
+  return stats;
+}
+
+absl::Status RocksDbStore::CompactAll() {
+  rocksdb::CompactRangeOptions compact;
+  compact.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+  for (rocksdb::ColumnFamilyHandle* handle : {impl_->items_cf, impl_->meta_cf}) {
+    absl::Status status = FromRocks(impl_->db->CompactRange(compact, handle, nullptr, nullptr),
+                                    absl::StrCat("compacting '", impl_->options.db_path, "'"));
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RocksDbStore::Flush() {
+  return FromRocks(impl_->db->Flush(rocksdb::FlushOptions(), {impl_->items_cf, impl_->meta_cf}),
+                   absl::StrCat("flushing '", impl_->options.db_path, "'"));
+}
+
+std::vector<std::pair<std::string, uint64_t>> RocksDbStore::Properties() const {
+  rocksdb::DB* db = impl_->db.get();
+  auto aggregated = [db](const std::string& name) {
+    uint64_t v = 0;
+    return db->GetAggregatedIntProperty(name, &v) ? v : 0;
+  };
+  auto items = [&](const std::string& name) {
+    uint64_t v = 0;
+    return db->GetIntProperty(impl_->items_cf, name, &v) ? v : 0;
+  };
+  auto ticker = [&](rocksdb::Tickers t) { return impl_->statistics->getTickerCount(t); };
+  return {
+      {"block_cache_usage", impl_->block_cache->GetUsage()},
+      {"block_cache_pinned_usage", impl_->block_cache->GetPinnedUsage()},
+      {"block_cache_capacity", impl_->block_cache->GetCapacity()},
+      {"block_cache_hits", ticker(rocksdb::BLOCK_CACHE_HIT)},
+      {"block_cache_misses", ticker(rocksdb::BLOCK_CACHE_MISS)},
+      {"bloom_filter_useful", ticker(rocksdb::BLOOM_FILTER_USEFUL)},
+      {"memtable_bytes", aggregated(rocksdb::DB::Properties::kCurSizeAllMemTables)},
+      {"estimate_num_keys", items(rocksdb::DB::Properties::kEstimateNumKeys)},
+      {"live_sst_bytes", aggregated(rocksdb::DB::Properties::kLiveSstFilesSize)},
+      {"pending_compaction_bytes",
+       aggregated(rocksdb::DB::Properties::kEstimatePendingCompactionBytes)},
+      {"stall_micros", ticker(rocksdb::STALL_MICROS)},
+      {"background_errors", items(rocksdb::DB::Properties::kBackgroundErrors)},
+      {"wal_syncs", ticker(rocksdb::WAL_FILE_SYNCED)},
+  };
+}
+
+absl::StatusOr<uint64_t> RocksDbStore::CountRecords() const {
+  rocksdb::ReadOptions read_options;
+  read_options.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(read_options, impl_->items_cf));
+  uint64_t count = 0;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++count;
+  absl::Status status = FromRocks(it->status(), "scanning items");
+  if (!status.ok()) return status;
+  return count;
+}
+
+absl::Status RocksDbStore::PutRawRecordForTesting(std::string_view key, std::string_view record) {
+  return FromRocks(
+      impl_->db->Put(impl_->item_write_options, impl_->items_cf, ToSlice(key), ToSlice(record)),
+      "writing a raw record");
+}
+
+Durability RocksDbStore::durability() const { return impl_->options.durability; }
+
+const std::string& RocksDbStore::db_path() const { return impl_->options.db_path; }
+
+}  // namespace petracache::storage
