@@ -1,0 +1,69 @@
+// Session: one client connection's protocol state, the joint between the byte stream and the
+// engine (bytes in -> parse -> execute -> reply bytes out). It knows nothing of sockets: the
+// server's connection handler feeds it input and sends what it appends to the output.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "engine/engine.h"
+#include "petracache/command.h"
+#include "protocol/parser.h"
+
+namespace petracache::server {
+
+struct SessionOptions {
+  protocol::ParserOptions parser;
+  // Stop producing replies once this much output is waiting (back-pressure): the rest of the
+  // input is processed after the client has read some.
+  size_t max_output = 4 * 1024 * 1024;
+  // Run mutations on the blocking pool too (durability = sync: an fsync must not stall the
+  // event loop).
+  bool offload_writes = false;
+};
+
+enum class SessionAction {
+  kContinue,  // all complete requests handled (or output is full); wait for more input
+  kNeedDisk,  // the request in disk_request() (already counted in `consumed`) needs disk:
+              // run it with RunBlocking on a pool thread and send its reply before any
+              // reply to later input; until then feed no input
+  kClose,     // close after sending the output
+  kShutdown,  // the client asked the server to shut down; close after sending the output
+};
+
+struct SessionResult {
+  size_t consumed;  // input bytes to drop (including a request handed over with kNeedDisk)
+  SessionAction action;
+};
+
+class Session {
+ public:
+  Session(engine::Engine* engine, engine::EngineStats* stats, const SessionOptions& options)
+      : engine_(engine), stats_(stats), options_(options), parser_(options.parser) {}
+
+  // Handles the complete requests at the front of `input`, appending replies to *out, never
+  // touching disk.
+  SessionResult Process(std::string_view input, std::string* out);
+
+  // The one request waiting for disk (an owned copy of its bytes), after kNeedDisk.
+  const std::string& disk_request() const { return disk_request_; }
+
+  // Runs a request that needed disk, on a blocking thread; returns its reply and what to do.
+  // Thread-safe with respect to other sessions; uses the caller's stats block.
+  static SessionAction RunBlocking(engine::Engine* engine, engine::EngineStats* stats,
+                                   const protocol::ParserOptions& parser_options,
+                                   std::string_view request, std::string* out);
+
+ private:
+  static bool IsMutation(CommandType type);
+
+  engine::Engine* const engine_;
+  engine::EngineStats* const stats_;
+  const SessionOptions options_;
+  protocol::Parser parser_;
+  Command command_;  // reused across requests so its key vector keeps its capacity
+  std::string disk_request_;
+};
+
+}  // namespace petracache::server

@@ -1,0 +1,121 @@
+// Tests for server/session: request loop, disk hand-off, back-pressure, close and shutdown.
+#include "server/session.h"
+
+#include <gtest/gtest.h>
+
+#include "storage/memory_store.h"
+
+namespace petracache::server {
+namespace {
+
+// Reports every cache-only read of "cold" as needing disk.
+class ColdKeyStore final : public storage::Store {
+ public:
+  explicit ColdKeyStore(Clock* clock) : inner_(clock) {}
+  absl::StatusOr<storage::LookupStatus> Get(std::string_view key,
+                                            const storage::ReadOptions& options,
+                                            storage::ItemHeader* header,
+                                            std::string* value) override {
+    if (options.cache_only && key == "cold") return storage::LookupStatus::kWouldBlock;
+    return inner_.Get(key, options, header, value);
+  }
+  absl::Status Put(std::string_view key, const storage::ItemHeader& header,
+                   std::string_view value) override {
+    return inner_.Put(key, header, value);
+  }
+  absl::Status Delete(std::string_view key) override { return inner_.Delete(key); }
+  absl::StatusOr<uint64_t> NextCas() override { return inner_.NextCas(); }
+  absl::Status SetFlushState(const storage::FlushState& s) override {
+    return inner_.SetFlushState(s);
+  }
+  storage::FlushState GetFlushState() const override { return inner_.GetFlushState(); }
+  storage::StoreStats GetStats() const override { return inner_.GetStats(); }
+
+ private:
+  storage::MemoryStore inner_;
+};
+
+class SessionTest : public ::testing::Test {
+ protected:
+  SessionTest() : store_(&clock_), engine_(&store_, &clock_, engine::EngineOptions{}) {
+    stats_ = engine_.RegisterStats();
+  }
+
+  FakeClock clock_;
+  ColdKeyStore store_;
+  engine::Engine engine_;
+  engine::EngineStats* stats_;
+};
+
+TEST_F(SessionTest, PipelinedRequestsAnswerInOrder) {
+  Session session(&engine_, stats_, {});
+  std::string out;
+  std::string_view in = "set a 0 0 1\r\n1\r\nget a\r\ndelete a\r\nget";
+  SessionResult r = session.Process(in, &out);
+  EXPECT_EQ(r.action, SessionAction::kContinue);
+  EXPECT_EQ(r.consumed, in.size() - 3);  // "get" is incomplete
+  EXPECT_EQ(out, "STORED\r\nVALUE a 0 1\r\n1\r\nEND\r\nDELETED\r\n");
+}
+
+TEST_F(SessionTest, DiskBoundRequestIsHandedOverAndAnsweredInOrder) {
+  Session session(&engine_, stats_, {});
+  std::string out;
+  std::string_view in = "set cold 0 0 1\r\nc\r\nget a\r\nget cold\r\nget a\r\n";
+  // A set reads the old item first (add/cas rules), so a cold key sends it to disk too.
+  SessionResult r = session.Process(in, &out);
+  ASSERT_EQ(r.action, SessionAction::kNeedDisk);
+  EXPECT_EQ(session.disk_request(), "set cold 0 0 1\r\nc\r\n");
+  EXPECT_EQ(Session::RunBlocking(&engine_, stats_, {}, session.disk_request(), &out),
+            SessionAction::kContinue);
+  in.remove_prefix(r.consumed);
+  r = session.Process(in, &out);
+  ASSERT_EQ(r.action, SessionAction::kNeedDisk);
+  EXPECT_EQ(session.disk_request(), "get cold\r\n");
+  Session::RunBlocking(&engine_, stats_, {}, session.disk_request(), &out);
+  in.remove_prefix(r.consumed);
+  r = session.Process(in, &out);
+  EXPECT_EQ(r.action, SessionAction::kContinue);
+  EXPECT_EQ(out, "STORED\r\nEND\r\nVALUE cold 0 1\r\nc\r\nEND\r\nEND\r\n");
+}
+
+TEST_F(SessionTest, OffloadedWritesInSyncMode) {
+  SessionOptions options;
+  options.offload_writes = true;
+  Session session(&engine_, stats_, options);
+  std::string out;
+  SessionResult r = session.Process("get a\r\nincr a 1\r\nget a\r\n", &out);
+  EXPECT_EQ(r.action, SessionAction::kNeedDisk);
+  EXPECT_EQ(session.disk_request(), "incr a 1\r\n");
+  EXPECT_EQ(out, "END\r\n");
+}
+
+TEST_F(SessionTest, StopsProducingWhenOutputIsFull) {
+  SessionOptions options;
+  options.max_output = 10;
+  Session session(&engine_, stats_, options);
+  std::string out;
+  std::string_view in = "version\r\nversion\r\nversion\r\n";
+  SessionResult r = session.Process(in, &out);
+  EXPECT_EQ(r.action, SessionAction::kContinue);
+  EXPECT_EQ(r.consumed, 9u);  // one request answered, the rest waits for the client to read
+}
+
+TEST_F(SessionTest, QuitAndProtocolClose) {
+  Session session(&engine_, stats_, {});
+  std::string out;
+  EXPECT_EQ(session.Process("version\r\nquit\r\nversion\r\n", &out).action, SessionAction::kClose);
+  Session http(&engine_, stats_, {});
+  EXPECT_EQ(http.Process("GET / HTTP/1.1\r\n", &out).action, SessionAction::kClose);
+}
+
+TEST_F(SessionTest, ShutdownWhenEnabled) {
+  engine::EngineOptions o;
+  o.enable_shutdown = true;
+  engine::Engine engine(&store_, &clock_, o);
+  Session session(&engine, engine.RegisterStats(), {});
+  std::string out;
+  EXPECT_EQ(session.Process("shutdown\r\n", &out).action, SessionAction::kShutdown);
+}
+
+}  // namespace
+}  // namespace petracache::server
