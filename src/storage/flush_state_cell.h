@@ -21,9 +21,10 @@ class FlushStateCell {
     for (;;) {
       const uint64_t before = seq_.load(std::memory_order_acquire);
       FlushState state;
-      state.oldest_live = oldest_live_.load(std::memory_order_relaxed);
-      state.oldest_cas = oldest_cas_.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
+      // Acquire loads keep the second sequence read after them (no fences: TSan-friendly,
+      // and free on x86).
+      state.oldest_live = oldest_live_.load(std::memory_order_acquire);
+      state.oldest_cas = oldest_cas_.load(std::memory_order_acquire);
       const uint64_t after = seq_.load(std::memory_order_relaxed);
       if (before == after && (before & 1) == 0) return state;
     }
@@ -33,9 +34,9 @@ class FlushStateCell {
   void Store(const FlushState& state) {
     const uint64_t seq = seq_.load(std::memory_order_relaxed);
     seq_.store(seq + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-    oldest_live_.store(state.oldest_live, std::memory_order_relaxed);
-    oldest_cas_.store(state.oldest_cas, std::memory_order_relaxed);
+    // Release stores: a reader that sees a new field value also sees the odd sequence.
+    oldest_live_.store(state.oldest_live, std::memory_order_release);
+    oldest_cas_.store(state.oldest_cas, std::memory_order_release);
     seq_.store(seq + 2, std::memory_order_release);
   }
 
