@@ -15,6 +15,7 @@ Standalone:
 """
 
 import argparse
+import concurrent.futures
 import glob
 import os
 import random
@@ -259,13 +260,14 @@ FULL, PARTIAL, MISMATCH = "full", "partial", "mismatch"
 
 
 def match(parts, data, env):
-    """Matches data against the expected parts from the start. Returns (status, consumed,
-    captures, where): FULL when every part matched (consumed = bytes used), PARTIAL when data
-    is a proper prefix of something that could match, MISMATCH otherwise (where = offset)."""
+    """Matches data against the expected parts from the start. Returns (status, pos, caps,
+    fail): FULL when every part matched (pos = bytes used), PARTIAL when data is a proper
+    prefix of something that could match, MISMATCH otherwise (pos = first wrong byte,
+    fail = (index of the part, offset inside it) for messages)."""
     pos = 0
     caps = {}
     n = len(data)
-    for p in parts:
+    for i, p in enumerate(parts):
         if isinstance(p, tuple):
             name, capture = p[1], p[2]
             if name in ("num", "cas"):
@@ -273,9 +275,9 @@ def match(parts, data, env):
                 while pos < n and 0x30 <= data[pos] <= 0x39:
                     pos += 1
                 if pos == n:
-                    return PARTIAL, pos, caps, pos
+                    return PARTIAL, pos, caps, None
                 if pos == start:
-                    return MISMATCH, pos, caps, pos
+                    return MISMATCH, pos, caps, (i, 0)
                 if capture:
                     caps[capture] = data[start:pos]
                 continue
@@ -283,34 +285,43 @@ def match(parts, data, env):
                 while pos < n and data[pos] not in (0x0D, 0x0A):
                     pos += 1
                 if pos == n:
-                    return PARTIAL, pos, caps, pos
+                    return PARTIAL, pos, caps, None
                 continue
             if name == "stats":
                 while True:
                     rest = data[pos:pos + 5]
                     if len(rest) < 5 and b"STAT "[:len(rest)] == rest:
-                        return PARTIAL, pos, caps, pos
+                        return PARTIAL, pos, caps, None
                     if rest != b"STAT ":
                         break
                     eol = data.find(b"\r\n", pos)
                     if eol < 0:
-                        return PARTIAL, pos, caps, pos
+                        return PARTIAL, pos, caps, None
                     pos = eol + 2
                 continue
             lit = caps.get(name, env.get(name))
             if lit is None:
-                return MISMATCH, pos, caps, pos
+                return MISMATCH, pos, caps, (i, 0)
         else:
             lit = p
         chunk = data[pos:pos + len(lit)]
         if chunk != lit[:len(chunk)]:
-            for k in range(len(chunk)):
-                if chunk[k] != lit[k]:
-                    return MISMATCH, pos + k, caps, pos + k
+            k = next(k for k in range(len(chunk)) if chunk[k] != lit[k])
+            return MISMATCH, pos + k, caps, (i, k)
         if len(chunk) < len(lit):
-            return PARTIAL, n, caps, n
+            return PARTIAL, n, caps, None
         pos += len(lit)
-    return FULL, pos, caps, pos
+    return FULL, pos, caps, None
+
+
+def expected_from(parts, env, fail):
+    """The expected text from a mismatch on (part index, offset) on."""
+    i, k = fail
+    p = parts[i]
+    if isinstance(p, tuple) and p[1] in _PLACEHOLDERS:
+        return render_expect(parts[i:], env)
+    lit = p if isinstance(p, bytes) else env.get(p[1], b"")
+    return escape(lit[k:]) + render_expect(parts[i + 1:], env)
 
 
 def render_expect(parts, env=None):
@@ -428,7 +439,8 @@ def _expect(conn, parts, env, what, expect_close=False):
     """Reads until buf matches parts; consumes it; updates env with captures."""
     deadline = time.monotonic() + REPLY_TIMEOUT
     while True:
-        status, consumed, caps, where = match(parts, conn.buf, env)
+        status, consumed, caps, fail = match(parts, conn.buf, env)
+        where = consumed
         if status == FULL:
             break
         if status == MISMATCH:
@@ -436,9 +448,11 @@ def _expect(conn, parts, env, what, expect_close=False):
             end = time.monotonic() + 0.2
             while conn.recv_some(end):
                 pass
+            head = escape(conn.buf[max(0, where - 80):where])
             raise ReplayFailure(
-                "%s: reply differs at byte %d\n  expected: %s\n  actual:   %s" % (
-                    what, where, _clip(render_expect(parts, env)), _clip(escape(conn.buf))))
+                "%s: reply differs at byte %d (after ...%s)\n  expected: %s\n  actual:   %s" % (
+                    what, where, head, _clip(expected_from(parts, env, fail), 300),
+                    _clip(escape(conn.buf[where:]), 300)))
         if not conn.recv_some(deadline):
             why = "connection closed" if conn.eof else "timed out after %.0fs" % REPLY_TIMEOUT
             raise ReplayFailure(
@@ -566,6 +580,16 @@ def replay_on_fresh_server(golden, mode, seed=1):
         server.cleanup()
 
 
+def run_all(goldens, modes, seed=1, jobs=4):
+    """Yields (golden, mode, failure text or None) for every pair, in order, running up to
+    `jobs` replays at once (each has its own server, so they are independent)."""
+    pairs = [(g, m) for g in goldens for m in modes]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(replay_on_fresh_server, g, m, seed) for g, m in pairs]
+        for (g, m), f in zip(pairs, futures):
+            yield g, m, f.result()
+
+
 def record(path):
     """Prints the transcript of `path` with the replies the server actually gives, one `< `
     line per reply line (an authoring aid: placeholders must still be put in by hand)."""
@@ -606,6 +630,8 @@ def main(argv=None):
     ap.add_argument("--mode", choices=MODES, action="append",
                     help="replay mode (repeatable; default: all)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the chunked mode's splits")
+    ap.add_argument("--jobs", type=int, default=4,
+                    help="replays run at once, each on its own server (default 4)")
     ap.add_argument("--record", action="store_true",
                     help="print the replies the server gives instead of checking")
     ap.add_argument("files", nargs="*", help="golden files (default: tests/golden/*.golden)")
@@ -622,15 +648,13 @@ def main(argv=None):
     goldens = load_goldens(args.files)
     modes = args.mode or list(MODES)
     passed = failed = 0
-    for g in goldens:
-        for mode in modes:
-            err = replay_on_fresh_server(g, mode, args.seed)
-            if err:
-                failed += 1
-                print("FAIL %s [%s]\n%s\n" % (g.name, mode, err))
-            else:
-                passed += 1
-                print("ok   %s [%s]" % (g.name, mode))
+    for g, mode, err in run_all(goldens, modes, args.seed, args.jobs):
+        if err:
+            failed += 1
+            print("FAIL %s [%s]\n%s\n" % (g.name, mode, err))
+        else:
+            passed += 1
+            print("ok   %s [%s]" % (g.name, mode))
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 
