@@ -5,7 +5,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
+#include <ctime>
 #include <functional>
 
 #include "absl/strings/str_format.h"
@@ -69,6 +71,20 @@ int64_t Engine::AbsoluteExptime(int32_t exptime, int64_t now) const {
 }
 
 Outcome Engine::Execute(const Command& cmd, ExecContext& ctx) {
+  timespec start;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  Outcome outcome = Dispatch(cmd, ctx);
+  if (outcome != Outcome::kWouldBlock) {
+    timespec end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    int64_t nanos = (end.tv_sec - start.tv_sec) * 1'000'000'000 + (end.tv_nsec - start.tv_nsec);
+    ctx.stats->latency[static_cast<size_t>(KindOf(cmd.type))].Record(
+        static_cast<uint64_t>(std::max<int64_t>(nanos, 0)));
+  }
+  return outcome;
+}
+
+Outcome Engine::Dispatch(const Command& cmd, ExecContext& ctx) {
   if (cmd.error != ProtocolError::kNone) return Error(cmd, ctx);
   switch (cmd.type) {
     case CommandType::kGet:

@@ -52,6 +52,8 @@ class Engine {
  public:
   Engine(storage::Store* store, Clock* clock, EngineOptions options);
 
+  // Executes one command, recording its latency in ctx.stats (except for kWouldBlock: the
+  // retry with disk records its own).
   Outcome Execute(const Command& cmd, ExecContext& ctx);
 
   // A per-thread stats block that lives as long as the engine; summed by Totals().
@@ -75,6 +77,7 @@ class Engine {
   // memcached's realtime(): protocol exptime -> absolute Unix seconds (0 = never).
   int64_t AbsoluteExptime(int32_t exptime, int64_t now) const;
 
+  Outcome Dispatch(const Command& cmd, ExecContext& ctx);
   Outcome Retrieve(const Command& cmd, ExecContext& ctx);
   Outcome StoreItem(const Command& cmd, ExecContext& ctx);
   Outcome Arithmetic(const Command& cmd, ExecContext& ctx);

@@ -3,7 +3,11 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <string_view>
+
+#include "petracache/command.h"
 
 namespace petracache::engine {
 
@@ -45,10 +49,40 @@ class Counter {
   std::atomic<uint64_t> value_{0};
 };
 
+// Command families with their own latency histogram (the `command` label in /metrics).
+enum class CommandKind : uint8_t {
+  kGet,
+  kSet,
+  kDelete,
+  kIncr,
+  kDecr,
+  kTouch,
+  kCas,
+  kFlush,
+  kOther,
+};
+inline constexpr size_t kCommandKinds = 9;
+CommandKind KindOf(CommandType type);
+std::string_view CommandKindName(CommandKind kind);
+
+// Upper bounds (seconds) of the latency histogram buckets; one more bucket holds the rest.
+inline constexpr double kLatencyBounds[] = {1e-6,   2.5e-6, 5e-6, 1e-5,   2.5e-5, 5e-5, 1e-4,
+                                            2.5e-4, 5e-4,   1e-3, 2.5e-3, 5e-3,   1e-2, 2.5e-2,
+                                            5e-2,   0.1,    0.25, 0.5,    1.0};
+inline constexpr size_t kLatencyBuckets = sizeof(kLatencyBounds) / sizeof(kLatencyBounds[0]) + 1;
+
+// Time spent executing one command, single writer like Counter.
+struct LatencyHistogram {
+  Counter buckets[kLatencyBuckets];  // not cumulative
+  Counter sum_nanos;
+  void Record(uint64_t nanos);
+};
+
 struct alignas(64) EngineStats {
 #define PETRACACHE_DECLARE_COUNTER(name) Counter name;
   PETRACACHE_ENGINE_COUNTERS(PETRACACHE_DECLARE_COUNTER)
 #undef PETRACACHE_DECLARE_COUNTER
+  LatencyHistogram latency[kCommandKinds];
 };
 
 // A point-in-time sum of EngineStats.
@@ -57,16 +91,13 @@ struct EngineTotals {
   PETRACACHE_ENGINE_COUNTERS(PETRACACHE_DECLARE_TOTAL)
 #undef PETRACACHE_DECLARE_TOTAL
 
-  void Add(const EngineStats& s) {
-#define PETRACACHE_ADD_TOTAL(name) name += s.name.Get();
-    PETRACACHE_ENGINE_COUNTERS(PETRACACHE_ADD_TOTAL)
-#undef PETRACACHE_ADD_TOTAL
-  }
-  void Subtract(const EngineTotals& base) {
-#define PETRACACHE_SUB_TOTAL(name) name -= base.name;
-    PETRACACHE_ENGINE_COUNTERS(PETRACACHE_SUB_TOTAL)
-#undef PETRACACHE_SUB_TOTAL
-  }
+  uint64_t latency_buckets[kCommandKinds][kLatencyBuckets] = {};
+  uint64_t latency_sum_nanos[kCommandKinds] = {};
+
+  void Add(const EngineStats& s);
+  void Subtract(const EngineTotals& base);
+  // Commands executed of one kind (the histogram's count).
+  uint64_t Commands(CommandKind kind) const;
 };
 
 // Server-level figures the engine cannot know, supplied by the server for `stats`.

@@ -1,0 +1,238 @@
+// Admin HTTP server on cpp-httplib (its own thread pool), and the Prometheus renderer.
+#include "server/admin.h"
+
+#include <httplib.h>
+
+#include <charconv>
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+
+namespace petracache::server {
+namespace {
+
+// Metric families that map one engine counter each.
+struct CounterFamily {
+  const char* name;
+  const char* help;
+  uint64_t engine::EngineTotals::*field;
+};
+
+void Family(std::string* out, std::string_view name, std::string_view type, std::string_view help) {
+  absl::StrAppendFormat(out, "# HELP %s %s\n# TYPE %s %s\n", std::string(name), std::string(help),
+                        std::string(name), std::string(type));
+}
+
+void Sample(std::string* out, std::string_view name, std::string_view labels, uint64_t value) {
+  if (labels.empty()) {
+    absl::StrAppendFormat(out, "%s %d\n", std::string(name), value);
+  } else {
+    absl::StrAppendFormat(out, "%s{%s} %d\n", std::string(name), std::string(labels), value);
+  }
+}
+
+std::string FormatBound(double seconds) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", seconds);
+  return buf;
+}
+
+// Splits "host:port" / "[v6]:port" for httplib.
+bool SplitHostPort(const std::string& addr, std::string* host, int* port) {
+  size_t colon = addr.rfind(':');
+  if (colon == std::string::npos) return false;
+  *host = addr.substr(0, colon);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
+    *host = host->substr(1, host->size() - 2);
+  }
+  std::string_view digits = std::string_view(addr).substr(colon + 1);
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), *port);
+  return ec == std::errc() && end == digits.data() + digits.size() && *port >= 0 && *port < 65536;
+}
+
+}  // namespace
+
+std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerStats& s,
+                          const std::vector<std::pair<std::string, uint64_t>>& storage,
+                          uint64_t dropped_expired, uint64_t dropped_flushed, uint64_t items) {
+  using engine::CommandKind;
+  std::string out;
+  out.reserve(16 * 1024);
+
+  Family(&out, "petracache_commands_total", "counter", "Commands executed, by command family.");
+  for (size_t k = 0; k < engine::kCommandKinds; ++k) {
+    auto kind = static_cast<CommandKind>(k);
+    Sample(&out, "petracache_commands_total",
+           absl::StrFormat("command=\"%s\"", std::string(engine::CommandKindName(kind))),
+           t.Commands(kind));
+  }
+
+  Family(&out, "petracache_command_hits_total", "counter",
+         "Commands that found their key (get counts keys).");
+  Family(&out, "petracache_command_misses_total", "counter",
+         "Commands that did not find their key (get counts keys).");
+  struct HitMiss {
+    const char* command;
+    uint64_t hits;
+    uint64_t misses;
+  };
+  const HitMiss hit_miss[] = {
+      {"get", t.get_hits, t.get_misses},       {"delete", t.delete_hits, t.delete_misses},
+      {"incr", t.incr_hits, t.incr_misses},    {"decr", t.decr_hits, t.decr_misses},
+      {"touch", t.touch_hits, t.touch_misses}, {"cas", t.cas_hits, t.cas_misses}};
+  for (const HitMiss& h : hit_miss) {
+    std::string label = absl::StrFormat("command=\"%s\"", h.command);
+    Sample(&out, "petracache_command_hits_total", label, h.hits);
+    Sample(&out, "petracache_command_misses_total", label, h.misses);
+  }
+
+  const CounterFamily families[] = {
+      {"petracache_get_keys_total", "Keys looked up by get/gets/gat/gats.",
+       &engine::EngineTotals::cmd_get},
+      {"petracache_cas_badval_total", "cas commands whose token no longer matched.",
+       &engine::EngineTotals::cas_badval},
+      {"petracache_expired_on_read_total", "Reads that found an item past its exptime.",
+       &engine::EngineTotals::get_expired},
+      {"petracache_flushed_on_read_total", "Reads that found an item invalidated by flush_all.",
+       &engine::EngineTotals::get_flushed},
+      {"petracache_items_stored_total", "Items written by storage commands.",
+       &engine::EngineTotals::total_items},
+      {"petracache_protocol_errors_total",
+       "Requests answered with ERROR/CLIENT_ERROR/SERVER_ERROR "
+       "by the protocol layer.",
+       &engine::EngineTotals::protocol_errors},
+      {"petracache_storage_errors_total", "Storage calls that failed (replied SERVER_ERROR).",
+       &engine::EngineTotals::storage_errors},
+  };
+  for (const CounterFamily& f : families) {
+    Family(&out, f.name, "counter", f.help);
+    Sample(&out, f.name, "", t.*(f.field));
+  }
+
+  Family(&out, "petracache_command_duration_seconds", "histogram",
+         "Time to execute a command in the engine, by command family.");
+  for (size_t k = 0; k < engine::kCommandKinds; ++k) {
+    std::string command(engine::CommandKindName(static_cast<CommandKind>(k)));
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < engine::kLatencyBuckets; ++b) {
+      cumulative += t.latency_buckets[k][b];
+      std::string le =
+          b + 1 < engine::kLatencyBuckets ? FormatBound(engine::kLatencyBounds[b]) : "+Inf";
+      Sample(&out, "petracache_command_duration_seconds_bucket",
+             absl::StrFormat("command=\"%s\",le=\"%s\"", command, le), cumulative);
+    }
+    absl::StrAppendFormat(&out, "petracache_command_duration_seconds_sum{command=\"%s\"} %.9f\n",
+                          command, static_cast<double>(t.latency_sum_nanos[k]) * 1e-9);
+    Sample(&out, "petracache_command_duration_seconds_count",
+           absl::StrFormat("command=\"%s\"", command), cumulative);
+  }
+
+  Family(&out, "petracache_connections", "gauge", "Open client connections.");
+  Sample(&out, "petracache_connections", "", s.curr_connections);
+  Family(&out, "petracache_connections_total", "counter", "Client connections accepted.");
+  Sample(&out, "petracache_connections_total", "", s.total_connections);
+  Family(&out, "petracache_connections_rejected_total", "counter",
+         "Connections refused over max_connections.");
+  Sample(&out, "petracache_connections_rejected_total", "", s.rejected_connections);
+  Family(&out, "petracache_read_bytes_total", "counter", "Bytes received from clients.");
+  Sample(&out, "petracache_read_bytes_total", "", s.bytes_read);
+  Family(&out, "petracache_written_bytes_total", "counter", "Bytes sent to clients.");
+  Sample(&out, "petracache_written_bytes_total", "", s.bytes_written);
+  Family(&out, "petracache_items", "gauge",
+         "Estimated items on disk (RocksDB's estimate; includes not yet compacted dead items).");
+  Sample(&out, "petracache_items", "", items);
+  Family(&out, "petracache_compaction_dropped_items_total", "counter",
+         "Dead items the TTL compaction filter dropped since start.");
+  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"expired\"", dropped_expired);
+  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"flushed\"", dropped_flushed);
+
+  // RocksDB health: counters end in _total, sizes in _bytes.
+  for (const auto& [name, value] : storage) {
+    std::string metric = "petracache_rocksdb_" + name;
+    std::string type = "gauge";
+    if (name == "block_cache_hits" || name == "block_cache_misses" ||
+        name == "bloom_filter_useful" || name == "wal_syncs" || name == "background_errors") {
+      metric += "_total";
+      type = "counter";
+    } else if (name == "stall_micros") {
+      metric = "petracache_rocksdb_write_stall_seconds_total";
+      type = "counter";
+      absl::StrAppendFormat(&out, "# TYPE %s %s\n%s %.6f\n", metric, type, metric,
+                            static_cast<double>(value) * 1e-6);
+      continue;
+    } else if (name.size() > 6 && name.compare(name.size() - 6, 6, "_bytes") == 0) {
+    } else if (name.rfind("block_cache_", 0) == 0) {
+      metric += "_bytes";
+    }
+    absl::StrAppendFormat(&out, "# TYPE %s %s\n", metric, type);
+    Sample(&out, metric, "", value);
+  }
+  return out;
+}
+
+struct AdminServer::Impl {
+  httplib::Server http;
+  std::thread thread;
+};
+
+AdminServer::AdminServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+AdminServer::~AdminServer() {
+  impl_->http.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::string& listen_addr,
+                                                                AdminSources sources) {
+  std::string host;
+  int port = 0;
+  if (!SplitHostPort(listen_addr, &host, &port)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "[metrics] listen_addr \"%s\": expected host:port or [ipv6]:port", listen_addr));
+  }
+  auto impl = std::make_unique<Impl>();
+  httplib::Server& http = impl->http;
+  http.set_read_timeout(5, 0);
+  http.set_write_timeout(5, 0);
+  http.set_keep_alive_timeout(5);
+
+  http.Get("/health", [sources](const httplib::Request&, httplib::Response& res) {
+    if (sources.loops_alive(2000)) {
+      res.set_content("ok\n", "text/plain");
+    } else {
+      res.status = 503;
+      res.set_content("worker loop not responding\n", "text/plain");
+    }
+  });
+  http.Get("/ready", [sources](const httplib::Request&, httplib::Response& res) {
+    if (sources.ready()) {
+      res.set_content("ready\n", "text/plain");
+    } else {
+      res.status = 503;
+      res.set_content("not ready\n", "text/plain");
+    }
+  });
+  http.Get("/metrics", [sources](const httplib::Request&, httplib::Response& res) {
+    res.set_content(
+        RenderMetrics(sources.engine_totals(), sources.server_stats(), sources.storage_properties(),
+                      sources.compaction_dropped_expired(), sources.compaction_dropped_flushed(),
+                      sources.approximate_items()),
+        "text/plain; version=0.0.4; charset=utf-8");
+  });
+
+  int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
+  if (bound < 0) {
+    return absl::UnavailableError(
+        absl::StrFormat("[metrics] listen_addr %s: cannot bind (address in use?)", listen_addr));
+  }
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->http.listen_after_bind(); });
+  pthread_setname_np(impl->thread.native_handle(), "pc-admin");
+  std::unique_ptr<AdminServer> server(new AdminServer(std::move(impl)));
+  server->port_ = bound;
+  PC_LOG(kInfo, "admin HTTP on %s (port %d): /health /ready /metrics", listen_addr, bound);
+  return server;
+}
+
+}  // namespace petracache::server

@@ -1,0 +1,295 @@
+// Server wiring and lifecycle.
+#include "server/server.h"
+
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "absl/strings/str_format.h"
+#include "common/clock.h"
+#include "common/logging.h"
+#include "petracache_config.h"
+
+namespace petracache::server {
+namespace {
+
+// Shutdown requests from signal handlers and the `shutdown` command land here.
+int g_wake_fd = -1;
+std::atomic<int> g_shutdown_requests{0};
+
+void OnSignal(int) {
+  if (g_shutdown_requests.fetch_add(1) >= 1) _exit(1);  // second signal: exit at once
+  uint64_t one = 1;
+  if (g_wake_fd >= 0) (void)!write(g_wake_fd, &one, sizeof(one));
+}
+
+// Stats block of the current blocking-pool thread.
+thread_local engine::EngineStats* tls_pool_stats = nullptr;
+
+io::Backend ToIoBackend(IoBackendChoice choice) {
+  switch (choice) {
+    case IoBackendChoice::kIoUring:
+      return io::Backend::kIoUring;
+    case IoBackendChoice::kEpoll:
+      return io::Backend::kEpoll;
+    case IoBackendChoice::kAuto:
+      break;
+  }
+  return io::Backend::kAuto;
+}
+
+absl::Status DropPrivileges(const std::string& user) {
+  if (geteuid() != 0) return absl::OkStatus();
+  if (user.empty()) {
+    PC_LOG(kWarning, "running as root; set [server] user to drop privileges");
+    return absl::OkStatus();
+  }
+  errno = 0;
+  passwd* pw = getpwnam(user.c_str());
+  if (pw == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat("[server] user: no such user \"%s\"", user));
+  }
+  if (setgroups(0, nullptr) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+    return absl::PermissionDeniedError(
+        absl::StrFormat("[server] user: cannot switch to \"%s\": %s", user, strerror(errno)));
+  }
+  PC_LOG(kInfo, "running as user %s", user);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// The io::Handler of one event loop: keeps a Session per connection.
+class Server::Handler final : public io::Handler {
+ public:
+  Handler(Server* server, engine::EngineStats* stats) : server_(server), stats_(stats) {}
+  void set_loop(io::EventLoop* loop) { loop_ = loop; }
+
+  void OnOpen(io::Connection& c) override {
+    c.user_data = new Session(server_->engine_.get(), stats_, SessionOptionsFor(server_->config_));
+  }
+
+  void OnInput(io::Connection& c) override {
+    auto* session = static_cast<Session*>(c.user_data);
+    SessionResult r = session->Process(c.input(), &c.output());
+    c.Consume(r.consumed);
+    switch (r.action) {
+      case SessionAction::kContinue:
+        return;
+      case SessionAction::kClose:
+        c.CloseAfterWrite();
+        return;
+      case SessionAction::kShutdown:
+        c.CloseAfterWrite();
+        RequestShutdown();
+        return;
+      case SessionAction::kNeedDisk:
+        RunOnDisk(c, session->disk_request());
+        return;
+    }
+  }
+
+  void OnClose(io::Connection& c) override {
+    delete static_cast<Session*>(c.user_data);
+    c.user_data = nullptr;
+  }
+
+  static SessionOptions SessionOptionsFor(const Config& config) {
+    SessionOptions o;
+    o.parser.item_size_max = config.item_size_max;
+    o.max_output = config.server.write_buffer_size;
+    o.offload_writes = config.storage.durability == storage::Durability::kSync;
+    return o;
+  }
+
+ private:
+  // The connection waits (paused, in order) while a pool thread runs the request.
+  void RunOnDisk(io::Connection& c, std::string request) {
+    c.SetPaused(true);
+    Server* server = server_;
+    io::EventLoop* loop = loop_;
+    server->disk_pool_->Submit([server, loop, id = c.id(), request = std::move(request)] {
+      std::string out;
+      SessionAction action =
+          Session::RunBlocking(server->engine_.get(), tls_pool_stats,
+                               SessionOptionsFor(server->config_).parser, request, &out);
+      loop->PostToConnection(id, [out = std::move(out), action](io::Connection& conn) {
+        conn.output().append(out);
+        if (action == SessionAction::kClose || action == SessionAction::kShutdown) {
+          conn.CloseAfterWrite();
+          if (action == SessionAction::kShutdown) RequestShutdown();
+          return;
+        }
+        conn.SetPaused(false);
+      });
+    });
+  }
+
+  Server* const server_;
+  engine::EngineStats* const stats_;
+  io::EventLoop* loop_ = nullptr;
+};
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
+  std::unique_ptr<Server> server(new Server(config));
+  Config& c = server->config_;
+  if (c.server.threads == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    c.server.threads = cpus > 0 ? static_cast<uint64_t>(cpus) : 1;
+  }
+
+  storage::RocksDbStore::Options storage_options = c.storage;
+  storage_options.clock = SystemClock::Get();
+  absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
+      storage::RocksDbStore::Open(storage_options);
+  if (!store.ok()) return store.status();
+  server->store_ = std::move(*store);
+
+  engine::EngineOptions engine_options;
+  engine_options.version =
+      absl::StrFormat("%s petracache-%s", PETRACACHE_MEMCACHED_COMPAT_VERSION, PETRACACHE_VERSION);
+  engine_options.enable_shutdown = c.server.enable_shutdown;
+  engine_options.disable_flush_all = c.server.disable_flush_all;
+  engine_options.item_size_max = c.item_size_max;
+  server->engine_ =
+      std::make_unique<engine::Engine>(server->store_.get(), SystemClock::Get(), engine_options);
+  server->engine_->SetSettings(c.Describe());
+  Server* raw = server.get();
+  server->engine_->SetServerStatsSource([raw] { return raw->GetServerStats(); });
+
+  absl::StatusOr<std::vector<io::UniqueFd>> fds =
+      io::ListenReusePort(c.server.listen_addr, static_cast<int>(c.server.threads));
+  if (!fds.ok()) return fds.status();
+  server->listen_fds_ = std::move(*fds);
+  server->port_ = io::LocalPort(server->listen_fds_.front().get());
+
+  absl::Status dropped = DropPrivileges(c.server.user);
+  if (!dropped.ok()) return dropped;
+
+  engine::Engine* engine = server->engine_.get();
+  server->disk_pool_ =
+      std::make_unique<ThreadPool>(std::max<uint64_t>(1, c.server.disk_read_threads), "pc-disk",
+                                   [engine](size_t) { tls_pool_stats = engine->RegisterStats(); });
+
+  for (uint64_t i = 0; i < c.server.threads; ++i) {
+    auto handler = std::make_unique<Handler>(raw, engine->RegisterStats());
+    io::LoopOptions o;
+    o.backend = ToIoBackend(c.server.io_backend);
+    o.listen_fd = server->listen_fds_[i].get();
+    o.max_connections = c.server.max_connections;
+    o.open_connections = &server->open_connections_;
+    o.reject_message = "ERROR Too many open connections\r\n";
+    o.read_buffer_size = c.server.read_buffer_size;
+    o.max_pending_output = c.server.write_buffer_size;
+    o.idle_timeout_seconds = static_cast<int>(c.server.idle_timeout);
+    absl::StatusOr<std::unique_ptr<io::EventLoop>> loop = io::EventLoop::Create(o, handler.get());
+    if (!loop.ok()) return loop.status();
+    (void)server->listen_fds_[i].release();  // the loop owns it now
+    handler->set_loop(loop->get());
+    server->handlers_.push_back(std::move(handler));
+    server->loops_.push_back(std::move(*loop));
+  }
+  if (c.metrics.enabled) {
+    AdminSources sources;
+    sources.ready = [raw] { return raw->ready(); };
+    sources.loops_alive = [raw](int timeout_ms) { return raw->LoopsAlive(timeout_ms); };
+    sources.engine_totals = [engine] { return engine->Totals(); };
+    sources.server_stats = [raw] { return raw->GetServerStats(); };
+    storage::RocksDbStore* store = server->store_.get();
+    sources.storage_properties = [store] { return store->Properties(); };
+    sources.compaction_dropped_expired = [store] {
+      return store->GetStats().compaction_dropped_expired;
+    };
+    sources.compaction_dropped_flushed = [store] {
+      return store->GetStats().compaction_dropped_flushed;
+    };
+    sources.approximate_items = [store] { return store->GetStats().approximate_items; };
+    absl::StatusOr<std::unique_ptr<AdminServer>> admin =
+        AdminServer::Start(c.metrics.listen_addr, std::move(sources));
+    if (!admin.ok()) return admin.status();
+    server->admin_ = std::move(*admin);
+  }
+  PC_LOG(kInfo, "petracache %s: listening on %s (port %d), %d worker threads, io: %s",
+         PETRACACHE_VERSION, c.server.listen_addr, server->port_,
+         static_cast<int>(c.server.threads), server->loops_.front()->Description());
+  PC_LOG(kInfo, "config: %s; db_path: %s; durability: %s",
+         c.config_file.empty() ? "(embedded defaults)" : c.config_file, c.storage.db_path,
+         std::string(storage::DurabilityName(c.storage.durability)));
+  return server;
+}
+
+Server::~Server() {
+  loops_.clear();
+  handlers_.clear();
+}
+
+engine::ServerStats Server::GetServerStats() const {
+  engine::ServerStats s;
+  s.max_connections = config_.server.max_connections;
+  s.threads = config_.server.threads;
+  s.limit_maxbytes = config_.storage.block_cache_size;
+  for (const auto& loop : loops_) {
+    const io::LoopStats& l = loop->stats();
+    s.curr_connections += l.curr_connections.load(std::memory_order_relaxed);
+    s.total_connections += l.total_connections.load(std::memory_order_relaxed);
+    s.rejected_connections += l.rejected_connections.load(std::memory_order_relaxed);
+    s.bytes_read += l.bytes_read.load(std::memory_order_relaxed);
+    s.bytes_written += l.bytes_written.load(std::memory_order_relaxed);
+  }
+  return s;
+}
+
+bool Server::LoopsAlive(int timeout_ms) {
+  auto done = std::make_shared<std::atomic<size_t>>(0);
+  for (auto& loop : loops_) loop->Post([done] { done->fetch_add(1); });
+  for (int waited = 0; waited < timeout_ms; waited += 5) {
+    if (done->load() == loops_.size()) return true;
+    usleep(5000);
+  }
+  return done->load() == loops_.size();
+}
+
+void Server::RequestShutdown() { OnSignal(0); }
+
+void Server::Run() {
+  g_wake_fd = eventfd(0, EFD_CLOEXEC);
+  struct sigaction sa {};
+  sa.sa_handler = &OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < loops_.size(); ++i) {
+    threads.emplace_back([loop = loops_[i].get()] { loop->Run(); });
+    std::string name = absl::StrFormat("pc-worker%d", i);
+    pthread_setname_np(threads.back().native_handle(), name.c_str());
+  }
+  ready_.store(true, std::memory_order_release);
+  PC_LOG(kInfo, "ready");
+
+  uint64_t value = 0;
+  while (read(g_wake_fd, &value, sizeof(value)) < 0 && errno == EINTR) {
+  }
+  ready_.store(false, std::memory_order_release);
+  PC_LOG(kInfo, "shutting down: no longer accepting");
+  for (auto& loop : loops_) loop->StopAccepting();
+  // Requests already on the disk pool finish and post their replies before loops flush.
+  disk_pool_.reset();
+  for (auto& loop : loops_) loop->Shutdown();
+  for (auto& t : threads) t.join();
+  PC_LOG(kInfo, "connections closed; closing the database");
+  admin_.reset();
+  engine_.reset();
+  store_.reset();
+  PC_LOG(kInfo, "shutdown complete");
+}
+
+}  // namespace petracache::server
