@@ -280,7 +280,7 @@ ParseResult Parser::ParseLine(std::string_view input, size_t line_end, size_t ne
     return done;
   }
   if (name == "verbosity") {
-    if (n < 3) return fail(ProtocolError::kError);
+    if (n < 3 || n > 4) return fail(ProtocolError::kError);
     cmd->type = CommandType::kVerbosity;
     cmd->noreply = t.NoReply();
     if (!SafeStrtoul32(t[1], &cmd->verbosity)) return fail(ProtocolError::kBadCommandLine);

@@ -238,11 +238,13 @@ TEST(ParserTest, FlushAllForms) {
 TEST(ParserTest, ServerCommands) {
   ExpectParses(
       "version\r\nquit\r\nstats\r\nstats settings\r\nshutdown\r\nshutdown graceful\r\n"
-      "shutdown a b\r\nverbosity 1\r\nverbosity\r\nverbosity abc\r\nverbosity noreply\r\n",
+      "shutdown a b\r\nverbosity 1\r\nverbosity\r\nverbosity abc\r\nverbosity noreply\r\n"
+      "verbosity 1 2\r\nverbosity 1 2 3\r\n",
       {"version", "quit", "stats", "stats arg=settings", "shutdown", "shutdown arg=graceful",
        "shutdown arg=a b", "verbosity v=1", "invalid !ERROR",
        "verbosity !CLIENT_ERROR bad command line format",
-       "verbosity !CLIENT_ERROR bad command line format noreply"});
+       "verbosity !CLIENT_ERROR bad command line format noreply", "verbosity v=1",
+       "invalid !ERROR"});
 }
 
 TEST(ParserTest, UnknownAndMalformedLines) {
