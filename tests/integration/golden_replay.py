@@ -577,17 +577,25 @@ def replay_on_fresh_server(golden, mode, seed=1):
                                                           server.output_tail())
         return msg
     finally:
-        server.cleanup()
+        server.cleanup_in_background()
 
 
 def run_all(goldens, modes, seed=1, jobs=4):
     """Yields (golden, mode, failure text or None) for every pair, in order, running up to
     `jobs` replays at once (each has its own server, so they are independent)."""
     pairs = [(g, m) for g in goldens for m in modes]
+    # Start the ones that sleep first so they overlap with everything else.
+    order = sorted(range(len(pairs)), key=lambda i: -sum(s.sleep for s in pairs[i][0].segments))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = [pool.submit(replay_on_fresh_server, g, m, seed) for g, m in pairs]
-        for (g, m), f in zip(pairs, futures):
-            yield g, m, f.result()
+        futures = {}
+        for i in order:
+            g, m = pairs[i]
+            futures[i] = pool.submit(replay_on_fresh_server, g, m, seed)
+        try:
+            for i, (g, m) in enumerate(pairs):
+                yield g, m, futures[i].result()
+        finally:
+            harness.reap_all()
 
 
 def record(path):
@@ -630,8 +638,8 @@ def main(argv=None):
     ap.add_argument("--mode", choices=MODES, action="append",
                     help="replay mode (repeatable; default: all)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the chunked mode's splits")
-    ap.add_argument("--jobs", type=int, default=4,
-                    help="replays run at once, each on its own server (default 4)")
+    ap.add_argument("--jobs", type=int, default=6,
+                    help="replays run at once, each on its own server (default 6)")
     ap.add_argument("--record", action="store_true",
                     help="print the replies the server gives instead of checking")
     ap.add_argument("files", nargs="*", help="golden files (default: tests/golden/*.golden)")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 SERVERS = ("petracache", "memcached")
@@ -86,6 +87,20 @@ def wait_for_port(port, deadline, proc=None):
 
 class ServerError(RuntimeError):
     pass
+
+
+_reap_lock = threading.Lock()
+_reaping = []
+
+
+def reap_all():
+    """Waits for every cleanup_in_background() to finish (each is bounded by STOP_TIMEOUT
+    before SIGKILL)."""
+    with _reap_lock:
+        threads = list(_reaping)
+        _reaping.clear()
+    for t in threads:
+        t.join(2 * STOP_TIMEOUT + 1)
 
 
 class Server:
@@ -179,6 +194,19 @@ class Server:
     def cleanup(self):
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def cleanup_in_background(self):
+        """cleanup() without waiting for the process to exit (memcached takes a second to
+        stop); reap_all() waits for every such cleanup."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        t = threading.Thread(target=self.cleanup, daemon=True)
+        t.start()
+        with _reap_lock:
+            _reaping.append(t)
 
     def __enter__(self):
         return self
