@@ -435,9 +435,9 @@ class _Conn:
         return True
 
 
-def _expect(conn, parts, env, what, expect_close=False):
+def _expect(conn, parts, env, what, expect_close=False, timeout=REPLY_TIMEOUT):
     """Reads until buf matches parts; consumes it; updates env with captures."""
-    deadline = time.monotonic() + REPLY_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         status, consumed, caps, fail = match(parts, conn.buf, env)
         where = consumed
@@ -454,14 +454,14 @@ def _expect(conn, parts, env, what, expect_close=False):
                     what, where, head, _clip(expected_from(parts, env, fail), 300),
                     _clip(escape(conn.buf[where:]), 300)))
         if not conn.recv_some(deadline):
-            why = "connection closed" if conn.eof else "timed out after %.0fs" % REPLY_TIMEOUT
+            why = "connection closed" if conn.eof else "timed out after %.1fs" % timeout
             raise ReplayFailure(
                 "%s: %s before the reply was complete\n  expected: %s\n  actual:   %s" % (
                     what, why, _clip(render_expect(parts, env)), _clip(escape(conn.buf))))
     env.update(caps)
     conn.buf = conn.buf[consumed:]
     if expect_close:
-        end = time.monotonic() + REPLY_TIMEOUT
+        end = time.monotonic() + timeout
         while conn.recv_some(end):
             pass
         if not conn.eof:
@@ -515,7 +515,7 @@ def _chunk(data, rng, budget):
     return chunks
 
 
-def replay(golden, address, mode, seed=1):
+def replay(golden, address, mode, seed=1, timeout=REPLY_TIMEOUT):
     """Replays one golden file on one fresh connection. Raises ReplayFailure."""
     rng = random.Random("%s/%s/%d" % (golden.name, mode, seed))
     env = {}
@@ -541,7 +541,8 @@ def replay(golden, address, mode, seed=1):
             for s in batch:
                 parts += s.expect
             parts = _merge(parts)
-            _expect(conn, parts, env, where, expect_close=last and golden.expects_close)
+            _expect(conn, parts, env, where, expect_close=last and golden.expects_close,
+                    timeout=timeout)
             conn.wait_sent()
             if batch[-1].sleep:
                 time.sleep(batch[-1].sleep)
@@ -563,7 +564,10 @@ def replay(golden, address, mode, seed=1):
 def replay_on_fresh_server(golden, mode, seed=1):
     """Starts a fresh server of the selected kind, replays, stops it. Returns None or the
     failure text (with the server's output when it died)."""
-    server = harness.start_server()
+    try:
+        server = harness.start_server()
+    except harness.ServerError as e:
+        return "%s [%s]: could not start the server: %s" % (golden.name, mode, e)
     try:
         replay(golden, server.address, mode, seed)
         if not server.alive():

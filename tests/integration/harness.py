@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 SERVERS = ("petracache", "memcached")
 MEMCACHED_BIN = os.environ.get("MEMCACHED_BIN", "/usr/bin/memcached")
@@ -387,3 +388,35 @@ class RawClient:
 
 def connect(server, timeout=DEFAULT_READ_TIMEOUT):
     return RawClient(server.address, timeout)
+
+
+class ServerTestCase(unittest.TestCase):
+    """A test class with one server of the selected kind for all its tests (started in
+    setUpClass, stopped in tearDownClass). Set petracache_only for suites that only make
+    sense against petracache; set server_kwargs to pass make_server() options."""
+
+    petracache_only = False
+    server_kwargs = {}
+    server = None
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        if cls.petracache_only and not is_petracache():
+            raise unittest.SkipTest("petracache only (running against %s)" % server_kind())
+        reason = target_unavailable_reason()
+        if reason:
+            raise unittest.SkipTest(reason)
+        cls.server = start_server(**cls.server_kwargs)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.server is not None:
+            cls.server.cleanup()
+            cls.server = None
+        super().tearDownClass()
+
+    def connect(self, timeout=DEFAULT_READ_TIMEOUT):
+        c = connect(self.server, timeout)
+        self.addCleanup(c.close)
+        return c
