@@ -6,7 +6,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -44,6 +46,15 @@ uint64_t NowNanos() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * kNanosPerSecond + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// SIGINT/SIGTERM end the run early but normally: the measured window closes at this time and
+// the results so far are printed (run_bench.py stops open-ended runs this way).
+std::atomic<uint64_t> g_stop_at{UINT64_MAX};
+
+extern "C" void OnStopSignal(int) {
+  uint64_t expected = UINT64_MAX;
+  g_stop_at.compare_exchange_strong(expected, NowNanos());
 }
 
 double WallSeconds() {
@@ -95,7 +106,8 @@ constexpr char kUsage[] = R"(usage: petracache-loadgen [options]
   --multiget W             keys per get request (1, at most 256)
   --prefill                first set every key once (pipelined), then measure
   --prefill-depth D        sets in flight per connection while prefilling (64)
-  --duration S             measured seconds (10; 0 = prefill only)
+  --duration S             measured seconds (10; 0 = prefill only); SIGINT/SIGTERM ends
+                           the run early and still prints the results
   --warmup S               seconds of load before measuring (1)
   --rate R                 open loop: R requests/s in total, latency from intended send
                            time (0 = closed loop: each connection keeps D in flight)
@@ -286,6 +298,7 @@ struct WorkerResult {
   Histogram all;
   Histogram get;
   Histogram set;
+  Histogram send_lag;  // open loop: actual send time - intended send time, measured window
   std::vector<Counters> timeline;  // per second since the load phase began
   uint64_t conn_errors = 0;        // connections lost or refused (each reconnect attempt)
   uint64_t dropped = 0;            // requests in flight on a connection that failed
@@ -374,6 +387,9 @@ class Worker {
   }
 
   void Run() {
+    // Open loop sleeps until the next request is due; the default 50 us timer slack would
+    // make every such wake-up late (and that lateness is charged to the server).
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
     if (epfd_ < 0) {
       std::perror("epoll_create1");
@@ -535,6 +551,7 @@ class Worker {
       }
     } else if (o_.rate > 0) {
       while (c->count < static_cast<size_t>(o_.pipeline) && c->next_intended <= now) {
+        if (c->next_intended >= measure_start_) result_.send_lag.Record(now - c->next_intended);
         Issue(c, c->next_intended);
         c->next_intended += interval_;
       }
@@ -595,7 +612,7 @@ class Worker {
         if (error) ++k->errors;
       };
       if (o_.timeline && second < result_.timeline.size()) count(&result_.timeline[second]);
-      if (now >= measure_start_ && now < end_) {
+      if (now >= measure_start_ && now < end_ && now < g_stop_at.load(std::memory_order_relaxed)) {
         count(&result_.measured);
         const uint64_t latency = now > f.start ? now - f.start : 0;
         result_.all.Record(latency);
@@ -681,6 +698,7 @@ class Worker {
     load_start_ = NowNanos();
     for (auto& c : conns_) Fill(c.get(), NowNanos());
     for (;;) {
+      if (g_stop_at.load(std::memory_order_relaxed) != UINT64_MAX) return;
       bool done = true;
       for (auto& c : conns_) {
         if (c->fd < 0 || c->count > 0 || c->prefill_next < o_.keys) done = false;
@@ -713,7 +731,7 @@ class Worker {
     for (auto& c : conns_) Fill(c.get(), NowNanos());
     for (;;) {
       const uint64_t now = NowNanos();
-      if (now >= end_) break;
+      if (now >= end_ || now >= g_stop_at.load(std::memory_order_relaxed)) break;
       Reconnect(now);
       uint64_t wake = std::min(end_, now + 10'000'000);
       for (auto& c : conns_) {
@@ -730,12 +748,13 @@ class Worker {
     }
     // Requests of the measured window still unanswered (in flight or, open loop, overdue and
     // not yet sent): reported so a stall at the very end cannot hide.
+    const uint64_t end = std::min(end_, g_stop_at.load(std::memory_order_relaxed));
     for (auto& c : conns_) {
       for (size_t i = 0; i < c->count; ++i) {
         if (c->ring[(c->head + i) % c->ring.size()].start >= measure_start_) ++result_.unfinished;
       }
-      if (o_.rate > 0 && c->next_intended < end_) {
-        result_.unfinished += (end_ - std::max(c->next_intended, measure_start_)) / interval_;
+      if (o_.rate > 0 && c->next_intended < end && end > measure_start_) {
+        result_.unfinished += (end - std::max(c->next_intended, measure_start_)) / interval_;
       }
     }
   }
@@ -804,6 +823,11 @@ std::string LatencyJson(const Histogram& h) {
 
 int Main(int argc, char** argv) {
   const Options o = ParseOptions(argc, argv);
+  struct sigaction action {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
   sockaddr_in addr;
   if (!ParseAddress(o.server, &addr)) UsageError("--server: expected IPv4:PORT, got " + o.server);
 
@@ -836,9 +860,14 @@ int Main(int argc, char** argv) {
   double cpu_start = 0;
   double cpu_end = 0;
   if (o.duration > 0) {
+    // Sleeps until t or a stop signal, whichever comes first.
     const auto sleep_until = [](uint64_t t) {
-      const uint64_t now = NowNanos();
-      if (t > now) std::this_thread::sleep_for(std::chrono::nanoseconds(t - now));
+      for (;;) {
+        const uint64_t now = NowNanos();
+        if (now >= t || now >= g_stop_at.load(std::memory_order_relaxed)) return;
+        std::this_thread::sleep_for(
+            std::chrono::nanoseconds(std::min<uint64_t>(t - now, 10'000'000)));
+      }
     };
     sleep_until(measure_start);
     cpu_start = CpuSeconds();
@@ -855,6 +884,7 @@ int Main(int argc, char** argv) {
     total.all.Merge(r.all);
     total.get.Merge(r.get);
     total.set.Merge(r.set);
+    total.send_lag.Merge(r.send_lag);
     if (total.timeline.size() < r.timeline.size()) total.timeline.resize(r.timeline.size());
     for (size_t i = 0; i < r.timeline.size(); ++i) total.timeline[i].Add(r.timeline[i]);
     total.conn_errors += r.conn_errors;
@@ -871,7 +901,11 @@ int Main(int argc, char** argv) {
   }
   const double prefill_seconds = static_cast<double>(load_start - begin) / 1e9;
   const Counters& m = total.measured;
-  const double seconds = o.duration;
+  const uint64_t stop_at = g_stop_at.load(std::memory_order_relaxed);
+  const double seconds =
+      stop_at >= measure_end
+          ? o.duration
+          : (stop_at > measure_start ? static_cast<double>(stop_at - measure_start) / 1e9 : 0.0);
   const double ops_per_sec = seconds > 0 ? static_cast<double>(m.ops) / seconds : 0.0;
   const uint64_t lookups = m.hits + m.misses;
   const double hit_rate =
@@ -898,6 +932,7 @@ int Main(int argc, char** argv) {
   field("mode", JsonString(o.rate > 0 ? "open" : "closed"));
   field("target_rate", f(o.rate, 1));
   field("duration_s", f(seconds, 3));
+  field("stopped_early", stop_at < measure_end ? "true" : "false");
   field("ops", u(m.ops));
   field("ops_per_sec", f(ops_per_sec, 1));
   field("gets", u(m.gets));
@@ -912,6 +947,7 @@ int Main(int argc, char** argv) {
   field("latency_us", LatencyJson(total.all));
   field("get_latency_us", LatencyJson(total.get));
   field("set_latency_us", LatencyJson(total.set));
+  if (o.rate > 0) field("send_lag_us", LatencyJson(total.send_lag));
   field("client_cpu_s", f(cpu, 3));
   field("client_cpu_us_per_op", f(cpu_us_per_op, 3));
   field("prefill", "{\"keys\":" + u(o.prefill ? o.keys : 0) + ",\"sets\":" + u(total.prefill_sets) +
@@ -944,12 +980,12 @@ int Main(int argc, char** argv) {
   std::fputs(json.c_str(), stdout);
   std::fflush(stdout);
 
+  const std::string title = o.label.empty() ? o.server : "[" + o.label + "] " + o.server;
   std::fprintf(stderr,
-               "%s%s %s, %d conn x pipeline %d over %d thread(s), %.0f%% gets, %u-%u B values, "
+               "%s, %d conn x pipeline %d over %d thread(s), %.0f%% gets, %u-%u B values, "
                "%" PRIu64 " keys %s\n",
-               o.label.empty() ? "" : "[", o.label.empty() ? "" : (o.label + "] ").c_str(),
-               o.server.c_str(), o.connections, o.pipeline, o.threads, o.get_ratio * 100,
-               o.value_min, o.value_max, o.keys, o.key_dist.c_str());
+               title.c_str(), o.connections, o.pipeline, o.threads, o.get_ratio * 100, o.value_min,
+               o.value_max, o.keys, o.key_dist.c_str());
   if (o.prefill) {
     std::fprintf(stderr, "  prefill: %" PRIu64 " sets in %.2f s, %" PRIu64 " errors\n",
                  total.prefill_sets, prefill_seconds, total.prefill_errors);
@@ -965,6 +1001,13 @@ int Main(int argc, char** argv) {
                  static_cast<double>(total.all.Percentile(99)) / 1e3,
                  static_cast<double>(total.all.Percentile(99.9)) / 1e3,
                  static_cast<double>(total.all.max()) / 1e3, total.all.mean() / 1e3);
+    if (o.rate > 0) {
+      std::fprintf(stderr,
+                   "  send lag us (sent later than scheduled): p50 %.1f  p99 %.1f  max %.1f\n",
+                   static_cast<double>(total.send_lag.Percentile(50)) / 1e3,
+                   static_cast<double>(total.send_lag.Percentile(99)) / 1e3,
+                   static_cast<double>(total.send_lag.max()) / 1e3);
+    }
     std::fprintf(stderr, "  client cpu %.2f s = %.2f us/op\n", cpu, cpu_us_per_op);
   }
   return m.errors > 0 || total.prefill_errors > 0 ? 3 : 0;
