@@ -350,8 +350,10 @@ absl::Status ApplyEnvironment(const std::map<std::string, std::string>& env, Con
       if (name == key.alias_env || name == GenericEnvName(key)) found = &key;
     }
     if (found == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("environment: unknown variable %s (see docs/configuration.md)", name));
+      // Tooling shares the prefix (PETRACACHE_BIN in tests, ...): warn, don't refuse to start.
+      PC_LOG(kWarning, "environment: ignoring unknown variable %s (see docs/configuration.md)",
+             name);
+      continue;
     }
     absl::Status s = SetKey(*found, value, "environment " + name, config);
     if (!s.ok()) return s;

@@ -55,7 +55,8 @@ struct Config {
 // Applies PETRACACHE_* variables from `env` (NAME -> value): the documented short names
 // (PETRACACHE_LISTEN_ADDR, PETRACACHE_MAX_CONNECTIONS, PETRACACHE_DB_PATH,
 // PETRACACHE_METRICS_ADDR, PETRACACHE_METRICS_ENABLED, PETRACACHE_LOG_LEVEL) and
-// PETRACACHE_<SECTION>_<KEY> for every key. Unknown PETRACACHE_* names are errors.
+// PETRACACHE_<SECTION>_<KEY> for every key. Unknown PETRACACHE_* names are logged and
+// ignored (other tools share the prefix).
 [[nodiscard]] absl::Status ApplyEnvironment(const std::map<std::string, std::string>& env,
                                             Config* config);
 // Reads the process environment's PETRACACHE_* variables.

@@ -63,6 +63,29 @@ absl::Status DropPrivileges(const std::string& user) {
   return absl::OkStatus();
 }
 
+// `stats settings`: memcached's names first (tools and exporters read them), then every
+// PetraCache key as section.key.
+std::vector<std::pair<std::string, std::string>> SettingsFor(const Config& c, int port) {
+  auto yes_no = [](bool b) { return std::string(b ? "yes" : "no"); };
+  std::vector<std::pair<std::string, std::string>> out = {
+      {"maxbytes", std::to_string(c.storage.block_cache_size)},
+      {"maxconns", std::to_string(c.server.max_connections)},
+      {"tcpport", std::to_string(port)},
+      {"udpport", "0"},
+      {"inter", c.server.listen_addr},
+      {"evictions", "off"},
+      {"num_threads", std::to_string(c.server.threads)},
+      {"cas_enabled", "yes"},
+      {"flush_enabled", yes_no(!c.server.disable_flush_all)},
+      {"shutdown_command", yes_no(c.server.enable_shutdown)},
+      {"item_size_max", std::to_string(c.item_size_max)},
+      {"idle_timeout", std::to_string(c.server.idle_timeout)},
+      {"binding_protocol", "ascii"},
+  };
+  for (auto& kv : c.Describe()) out.push_back(std::move(kv));
+  return out;
+}
+
 }  // namespace
 
 // The io::Handler of one event loop: keeps a Session per connection.
@@ -159,7 +182,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
   engine_options.item_size_max = c.item_size_max;
   server->engine_ =
       std::make_unique<engine::Engine>(server->store_.get(), SystemClock::Get(), engine_options);
-  server->engine_->SetSettings(c.Describe());
   Server* raw = server.get();
   server->engine_->SetServerStatsSource([raw] { return raw->GetServerStats(); });
 
@@ -168,6 +190,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
   if (!fds.ok()) return fds.status();
   server->listen_fds_ = std::move(*fds);
   server->port_ = io::LocalPort(server->listen_fds_.front().get());
+
+  server->engine_->SetSettings(SettingsFor(c, server->port_));
 
   absl::Status dropped = DropPrivileges(c.server.user);
   if (!dropped.ok()) return dropped;
@@ -201,15 +225,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
     sources.loops_alive = [raw](int timeout_ms) { return raw->LoopsAlive(timeout_ms); };
     sources.engine_totals = [engine] { return engine->Totals(); };
     sources.server_stats = [raw] { return raw->GetServerStats(); };
-    storage::RocksDbStore* store = server->store_.get();
-    sources.storage_properties = [store] { return store->Properties(); };
-    sources.compaction_dropped_expired = [store] {
-      return store->GetStats().compaction_dropped_expired;
+    storage::RocksDbStore* rocks = server->store_.get();
+    sources.storage_properties = [rocks] { return rocks->Properties(); };
+    sources.compaction_dropped_expired = [rocks] {
+      return rocks->GetStats().compaction_dropped_expired;
     };
-    sources.compaction_dropped_flushed = [store] {
-      return store->GetStats().compaction_dropped_flushed;
+    sources.compaction_dropped_flushed = [rocks] {
+      return rocks->GetStats().compaction_dropped_flushed;
     };
-    sources.approximate_items = [store] { return store->GetStats().approximate_items; };
+    sources.approximate_items = [rocks] { return rocks->GetStats().approximate_items; };
     absl::StatusOr<std::unique_ptr<AdminServer>> admin =
         AdminServer::Start(c.metrics.listen_addr, std::move(sources));
     if (!admin.ok()) return admin.status();
@@ -223,6 +247,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
          std::string(storage::DurabilityName(c.storage.durability)));
   return server;
 }
+
+Server::Server(const Config& config) : config_(config) {}
 
 Server::~Server() {
   loops_.clear();

@@ -12,6 +12,7 @@
 #include "common/thread_pool.h"
 #include "engine/engine.h"
 #include "io/event_loop.h"
+#include "io/listen.h"
 #include "io/unique_fd.h"
 #include "server/admin.h"
 #include "server/config.h"
@@ -45,7 +46,7 @@ class Server {
 
  private:
   class Handler;
-  explicit Server(const Config& config) : config_(config) {}
+  explicit Server(const Config& config);
 
   Config config_;
   std::unique_ptr<storage::RocksDbStore> store_;
