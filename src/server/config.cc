@@ -40,6 +40,8 @@ std::string BackendName(IoBackendChoice b) {
       return "auto";
     case IoBackendChoice::kIoUring:
       return "io_uring";
+    case IoBackendChoice::kIoUringBasic:
+      return "io_uring_basic";
     case IoBackendChoice::kEpoll:
       return "epoll";
   }
@@ -123,6 +125,8 @@ const std::vector<Key>& Keys() {
                         c->server.io_backend = IoBackendChoice::kAuto;
                       } else if (s == "io_uring" || s == "uring") {
                         c->server.io_backend = IoBackendChoice::kIoUring;
+                      } else if (s == "io_uring_basic") {
+                        c->server.io_backend = IoBackendChoice::kIoUringBasic;
                       } else if (s == "epoll") {
                         c->server.io_backend = IoBackendChoice::kEpoll;
                       } else {
@@ -130,7 +134,7 @@ const std::vector<Key>& Keys() {
                       }
                       return true;
                     },
-                    "auto, io_uring or epoll",
+                    "auto, io_uring, io_uring_basic or epoll",
                     [](const Config& c) { return BackendName(c.server.io_backend); }});
     k.push_back(Count(
         "server", "idle_timeout", "", [](auto& c) -> auto& { return c.server.idle_timeout; }));

@@ -15,7 +15,9 @@
 
 namespace petracache::server {
 
-enum class IoBackendChoice { kAuto, kIoUring, kEpoll };
+// kIoUringBasic: io_uring restricted to what Linux 5.10 offers (single-shot accept and recv,
+// plain setup flags); for old kernels and for testing the fallback path.
+enum class IoBackendChoice { kAuto, kIoUring, kIoUringBasic, kEpoll };
 
 struct ServerOptions {
   std::string listen_addr = "127.0.0.1:11211";

@@ -35,6 +35,7 @@ thread_local engine::EngineStats* tls_pool_stats = nullptr;
 io::Backend ToIoBackend(IoBackendChoice choice) {
   switch (choice) {
     case IoBackendChoice::kIoUring:
+    case IoBackendChoice::kIoUringBasic:
       return io::Backend::kIoUring;
     case IoBackendChoice::kEpoll:
       return io::Backend::kEpoll;
@@ -205,6 +206,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
     auto handler = std::make_unique<Handler>(raw, engine->RegisterStats());
     io::LoopOptions o;
     o.backend = ToIoBackend(c.server.io_backend);
+    if (c.server.io_backend == IoBackendChoice::kIoUringBasic) {
+      o.uring_level = io::UringLevel::kBasic;
+    }
     o.listen_fd = server->listen_fds_[i].get();
     o.max_connections = c.server.max_connections;
     o.open_connections = &server->open_connections_;
