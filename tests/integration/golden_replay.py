@@ -6,8 +6,8 @@ Each file is replayed in three modes, each on a fresh server with an empty cache
 fresh connection:
   whole      each checkpoint's request bytes in one send, then its replies are checked
   chunked    each checkpoint's request bytes split into small random chunks (seeded)
-  pipelined  all request bytes of the file in one send (broken only where a request uses a
-             value captured from a reply, or at @sleep), then all replies are checked
+  pipelined  all request bytes of the file in one send (broken only at @sync, @sleep, or
+             where a request uses a value captured from a reply), then all replies are checked
 
 Standalone:
   /usr/bin/python3 tests/integration/golden_replay.py --server memcached [FILE...]
@@ -377,6 +377,10 @@ class _Conn:
     def __init__(self, address):
         self.sock = socket.create_connection(address, timeout=REPLY_TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The sender thread has its own socket object (same connection) so the reader's
+        # changing timeouts never apply to a send in progress.
+        self.send_sock = self.sock.dup()
+        self.send_sock.settimeout(REPLY_TIMEOUT * 4)
         self.buf = b""
         self.eof = False
         self.send_error = None
@@ -385,10 +389,11 @@ class _Conn:
     def close(self):
         if self._sender is not None:
             self._sender.join(REPLY_TIMEOUT)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        for sock in (self.send_sock, self.sock):
+            try:
+                sock.close()
+            except OSError:
+                pass
 
     def send_chunks(self, chunks, pause):
         """Sends the chunks in a background thread, sleeping `pause(i)` seconds after chunk i."""
@@ -397,7 +402,7 @@ class _Conn:
         def run():
             try:
                 for i, c in enumerate(chunks):
-                    self.sock.sendall(c)
+                    self.send_sock.sendall(c)
                     d = pause(i)
                     if d:
                         time.sleep(d)
@@ -455,6 +460,8 @@ def _expect(conn, parts, env, what, expect_close=False, timeout=REPLY_TIMEOUT):
                     _clip(escape(conn.buf[where:]), 300)))
         if not conn.recv_some(deadline):
             why = "connection closed" if conn.eof else "timed out after %.1fs" % timeout
+            if conn.send_error is not None:
+                why += " (sending failed: %s)" % conn.send_error
             raise ReplayFailure(
                 "%s: %s before the reply was complete\n  expected: %s\n  actual:   %s" % (
                     what, why, _clip(render_expect(parts, env)), _clip(escape(conn.buf))))

@@ -117,7 +117,6 @@ class Server:
         self.proc = None
         self._stderr_path = os.path.join(workdir, "stderr-%d.log" % port)
         self._stdout_path = os.path.join(workdir, "stdout-%d.log" % port)
-        self._restarts = 0
 
     @property
     def address(self):
@@ -128,8 +127,6 @@ class Server:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout=START_TIMEOUT):
-        # If a previous run of this Server left output, keep it under another name.
-        self._restarts += 1
         err = open(self._stderr_path, "ab")
         out = open(self._stdout_path, "ab")
         try:
