@@ -200,28 +200,21 @@ void EpollLoop::ReadSome(Connection& c) {
 }
 
 void EpollLoop::StartSend(Connection& c) {
-  while (true) {
-    size_t left = c.sending_.size() - c.sending_off_;
-    if (left == 0) {
-      if (c.out_.empty()) break;
-      c.sending_.clear();
-      c.sending_off_ = 0;
-      std::swap(c.out_, c.sending_);
-      continue;
-    }
-    ssize_t n = ::send(c.fd_, c.sending_.data() + c.sending_off_, left, MSG_NOSIGNAL);
+  do {
+    ssize_t n = ::send(c.fd_, c.sending_.data() + c.sending_off_,
+                       c.sending_.size() - c.sending_off_, MSG_NOSIGNAL);
     if (n > 0) {
       OnBytesSent(c, static_cast<size_t>(n));
+    } else if (n < 0 && errno == EINTR) {
       continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       c.send_busy_ = true;  // wait for EPOLLOUT
       break;
+    } else {
+      Abort(c, n < 0 ? errno : EPIPE, "send");
+      return;
     }
-    Abort(c, n < 0 ? errno : EPIPE, "send");
-    return;
-  }
+  } while (RotateOutput(c));
   UpdateEvents(c);
 }
 

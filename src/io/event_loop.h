@@ -179,7 +179,8 @@ class EventLoop {
   virtual void Run() = 0;
 
   // Thread-safe. `fn` runs on the loop thread soon (before Run() returns, unless Shutdown() has
-  // completed; functions never run are destroyed with the loop).
+  // completed; functions never run are destroyed with the loop). Like every method, it must
+  // not race with the loop's destruction: stop posting threads before destroying the loop.
   virtual void Post(absl::AnyInvocable<void()> fn) = 0;
   // Thread-safe. Runs `fn` on the loop thread only if the connection is still open; afterwards
   // the loop sends its output and calls OnInput if it is unpaused with input.

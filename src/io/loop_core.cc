@@ -98,7 +98,7 @@ void LoopCore::UpdateNow() { now_ms_ = MonotonicMs(); }
 
 void LoopCore::Post(absl::AnyInvocable<void()> fn) {
   {
-    absl::MutexLock lock(&post_mu_);
+    std::lock_guard<std::mutex> lock(post_mu_);
     posted_.push_back(std::move(fn));
   }
   // seq_cst pairs with the store in RunPosted: either the loop sees this function in its next
@@ -127,7 +127,7 @@ void LoopCore::RunPosted() {
   wake_pending_.store(false);
   std::vector<absl::AnyInvocable<void()>> batch;
   {
-    absl::MutexLock lock(&post_mu_);
+    std::lock_guard<std::mutex> lock(post_mu_);
     batch.swap(posted_);
   }
   for (auto& fn : batch) fn();
@@ -330,16 +330,21 @@ bool LoopCore::DispatchPending(const Connection& c) const {
          (c.in_visible_ < c.in_.size() || (c.needs_call_ && c.in_visible_ > c.in_begin_));
 }
 
-void LoopCore::FlushOutput(Connection& c) {
-  if (c.send_busy_) return;
-  if (c.sending_off_ == c.sending_.size()) {
-    if (c.out_.empty()) return;
+bool LoopCore::RotateOutput(Connection& c) {
+  if (c.sending_off_ == c.sending_.size() && !c.sending_.empty()) {
     c.sending_.clear();
     c.sending_off_ = 0;
     if (c.sending_.capacity() > kKeepCapacity) c.sending_.shrink_to_fit();
+  }
+  if (c.sending_.empty()) {
+    if (c.out_.empty()) return false;
     std::swap(c.out_, c.sending_);
   }
-  StartSend(c);
+  return true;
+}
+
+void LoopCore::FlushOutput(Connection& c) {
+  if (!c.send_busy_ && RotateOutput(c)) StartSend(c);
 }
 
 bool LoopCore::ReadyToClose(const Connection& c) const {
@@ -369,17 +374,21 @@ void LoopCore::ProcessDirty() {
     for (uint64_t id : dirty_batch_) {
       Connection* c = FindOpen(id);
       if (c == nullptr) continue;
-      c->dirty_ = false;
+      // dirty_ stays set during the pass: whatever the handler does now (output(), SetPaused,
+      // CloseAfterWrite) is handled by the steps below without queueing the connection again.
+      // Steps that can close the connection may also free it: look it up again after each.
       Dispatch(*c);
       if (c->closing_) continue;
       CompactInput(*c);
-      FlushOutput(*c);  // epoll writes synchronously and may close on error
-      if (c->closing_) continue;
+      FlushOutput(*c);  // epoll writes synchronously and closes on a send error
+      if ((c = FindOpen(id)) == nullptr) continue;
       if (ReadyToClose(*c)) {
         CloseConnection(*c, /*graceful=*/true);
         continue;
       }
       SetReadInterest(*c, WantRead(*c));
+      if ((c = FindOpen(id)) == nullptr) continue;
+      c->dirty_ = false;
       // The send above drained output that held back dispatch: go round once more.
       if (DispatchPending(*c)) MarkDirty(*c);
     }

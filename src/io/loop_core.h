@@ -5,12 +5,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
 #include "io/event_loop.h"
 
 namespace petracache::io::internal {
@@ -102,6 +101,9 @@ class LoopCore : public EventLoop {
   // Closes the socket (after draining unread input when graceful, so the close sends FIN
   // rather than RST) and frees the slot. `c` is gone afterwards.
   void FreeConnection(Connection& c);
+  // Prepares c.sending_ for the next write: releases a fully sent batch and swaps in out_.
+  // Returns whether there is anything to send. Only when !c.send_busy_.
+  bool RotateOutput(Connection& c);
   // Closes the listener if this loop owns it.
   void CloseListener();
 
@@ -162,8 +164,10 @@ class LoopCore : public EventLoop {
   int64_t shutdown_deadline_ms_ = 0;
   int64_t next_idle_sweep_ms_ = 0;
 
-  absl::Mutex post_mu_;
-  std::vector<absl::AnyInvocable<void()>> posted_ ABSL_GUARDED_BY(post_mu_);
+  // std::mutex rather than absl::Mutex: ThreadSanitizer sees it (absl is an uninstrumented
+  // system library here), and the critical sections are a vector push / swap.
+  std::mutex post_mu_;
+  std::vector<absl::AnyInvocable<void()>> posted_;  // guarded by post_mu_
   std::atomic<bool> wake_pending_{false};
 };
 

@@ -193,6 +193,8 @@ TEST_P(EventLoopTest, PausedHandlerResumesThroughPostToConnection) {
     EXPECT_EQ(Recv(fds[c].get(), wants[c].size()).data, wants[c]);
   }
   EXPECT_EQ(handler.wrong_state.load(), 0);
+  EXPECT_TRUE(server->ShutdownAndWait());
+  handler.StopWorker();  // after the loop stopped calling OnInput, before the loop goes away
 }
 
 TEST_P(EventLoopTest, BackPressureBoundsBufferedOutput) {

@@ -290,7 +290,9 @@ class Worker {
 // compute the upper-cased reply, and resumes through PostToConnection.
 class PausingHandler : public RecordingHandler {
  public:
-  void set_loop(EventLoop* loop) { loop_ = loop; }
+  void set_loop(EventLoop* loop) { loop_.store(loop); }
+  // Joins the worker; call before destroying the loop it posts to.
+  void StopWorker() { worker_.reset(); }
   void OnInput(Connection& c) override {
     std::string_view in = c.input();
     size_t nl = in.find('\n');
@@ -299,8 +301,8 @@ class PausingHandler : public RecordingHandler {
     c.Consume(nl + 1);  // copy first: views die when the callback returns
     c.SetPaused(true);
     uint64_t id = c.id();
-    EventLoop* loop = loop_;
-    worker_.Submit([loop, id, line = std::move(line), this] {
+    EventLoop* loop = loop_.load();
+    worker_->Submit([loop, id, line = std::move(line), this] {
       std::string reply;
       for (char ch : line) reply.push_back(static_cast<char>(std::toupper(ch)));
       reply.push_back('\n');
@@ -314,8 +316,8 @@ class PausingHandler : public RecordingHandler {
   std::atomic<int> wrong_state{0};
 
  private:
-  EventLoop* loop_ = nullptr;
-  Worker worker_;
+  std::atomic<EventLoop*> loop_{nullptr};
+  std::unique_ptr<Worker> worker_ = std::make_unique<Worker>();
 };
 
 // ---- A server: loops on threads ----
