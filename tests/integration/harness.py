@@ -8,6 +8,7 @@ petracache is started as `$PETRACACHE_BIN --config FILE`; memcached as Debian's
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -115,6 +116,10 @@ class Server:
         self.db_path = db_path
         self.config_path = config_path
         self.proc = None
+        # Extra subprocess.Popen settings for start(): the environment (None: inherit) and a
+        # preexec_fn (e.g. to raise RLIMIT_NOFILE for the server).
+        self.env = None
+        self.preexec_fn = None
         self._stderr_path = os.path.join(workdir, "stderr-%d.log" % port)
         self._stdout_path = os.path.join(workdir, "stdout-%d.log" % port)
 
@@ -132,7 +137,8 @@ class Server:
         try:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                cwd=self.workdir, start_new_session=True)
+                cwd=self.workdir, start_new_session=True, env=self.env,
+                preexec_fn=self.preexec_fn)
         finally:
             err.close()
             out.close()
@@ -159,6 +165,34 @@ class Server:
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self):
+        """Everything the server wrote to stderr so far (petracache logs there)."""
+        try:
+            with open(self._stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_for_log(self, pattern, timeout=START_TIMEOUT):
+        """Polls stderr until the regex `pattern` matches; returns the match. Raises
+        ServerError if the deadline passes first."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            m = re.search(pattern, self.log_text())
+            if m:
+                return m
+            if time.monotonic() >= deadline:
+                raise ServerError("no log line matching %r within %.1fs\n%s" % (
+                    pattern, timeout, self.output_tail()))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def admin_port(self, timeout=START_TIMEOUT):
+        """The port of petracache's admin HTTP server, from its `admin HTTP on ...` log line
+        (so `[metrics] listen_addr = 127.0.0.1:0` works)."""
+        return int(self.wait_for_log(r"admin HTTP on \S+ \(port (\d+)\)", timeout).group(1))
 
     def _terminate(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
         """Sends sig to our own process only (by PID), then SIGKILL once the bound passes.
@@ -385,6 +419,18 @@ class RawClient:
 
 def connect(server, timeout=DEFAULT_READ_TIMEOUT):
     return RawClient(server.address, timeout)
+
+
+def http_get(port, path, host="127.0.0.1", timeout=DEFAULT_READ_TIMEOUT):
+    """GET http://host:port/path with a bounded wait; returns (status, body bytes)."""
+    import http.client
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 class ServerTestCase(unittest.TestCase):
