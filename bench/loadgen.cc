@@ -965,8 +965,12 @@ int Main(int argc, char** argv) {
   field("config", config);
   if (o.timeline) {
     const double wall = shared.load_start_wall.load(std::memory_order_acquire);
+    // Up to the second the run ended in (a stop signal can end it long before --duration).
+    const uint64_t ended = std::min(measure_end, std::min(stop_at, NowNanos()));
+    const size_t buckets = std::min(total.timeline.size(),
+                                    static_cast<size_t>((ended - load_start) / 1'000'000'000) + 1);
     std::string tl = "[";
-    for (size_t i = 0; i < total.timeline.size(); ++i) {
+    for (size_t i = 0; i < buckets; ++i) {
       const Counters& k = total.timeline[i];
       if (i > 0) tl.push_back(',');
       tl += "{\"t\":" + f(wall + static_cast<double>(i), 3) + ",\"ops\":" + u(k.ops) +
