@@ -86,6 +86,7 @@ struct Options {
   double warmup = 1.0;
   double rate = 0.0;
   bool timeline = false;
+  double timeline_interval = 1.0;
   bool fill_on_miss = false;
   double reconnect_ms = 10.0;
   double connect_timeout = 5.0;
@@ -112,7 +113,8 @@ constexpr char kUsage[] = R"(usage: petracache-loadgen [options]
   --rate R                 open loop: R requests/s in total, latency from intended send
                            time (0 = closed loop: each connection keeps D in flight)
   --fill-on-miss           after a get miss, set the missed key (a cache-aside client)
-  --timeline               add per-second counters (ops, hits, misses, errors) to the JSON
+  --timeline               add per-interval counters (ops, hits, misses, errors) to the JSON
+  --timeline-interval S    seconds per timeline bucket (1)
   --reconnect-ms T         wait before reconnecting a failed connection (10)
   --connect-timeout S      keep retrying the first connections this long (5)
   --seed N                 random seed (1)
@@ -237,6 +239,8 @@ Options ParseOptions(int argc, char** argv) {
       o.warmup = double_value(0.0, 86400.0);
     } else if (name == "rate") {
       o.rate = double_value(0.0, 1e9);
+    } else if (name == "timeline-interval") {
+      o.timeline_interval = double_value(0.001, 3600.0);
     } else if (name == "timeline") {
       flag();
       o.timeline = true;
@@ -299,7 +303,7 @@ struct WorkerResult {
   Histogram get;
   Histogram set;
   Histogram send_lag;  // open loop: actual send time - intended send time, measured window
-  std::vector<Counters> timeline;  // per second since the load phase began
+  std::vector<Counters> timeline;  // per timeline interval since the load phase began
   uint64_t conn_errors = 0;        // connections lost or refused (each reconnect attempt)
   uint64_t dropped = 0;            // requests in flight on a connection that failed
   uint64_t unfinished = 0;         // measured-window requests not answered by the end
@@ -593,7 +597,7 @@ class Worker {
 
   void Complete(Connection* c, uint64_t now, bool error) {
     const InFlight& f = c->ring[c->head];
-    const uint64_t second = (now - load_start_) / kNanosPerSecond;
+    const uint64_t bucket = (now - load_start_) / timeline_interval_;
     if (phase_ == Phase::kPrefill) {
       ++result_.prefill_sets;
       if (error) ++result_.prefill_errors;
@@ -611,7 +615,7 @@ class Worker {
         k->misses += misses;
         if (error) ++k->errors;
       };
-      if (o_.timeline && second < result_.timeline.size()) count(&result_.timeline[second]);
+      if (o_.timeline && bucket < result_.timeline.size()) count(&result_.timeline[bucket]);
       if (now >= measure_start_ && now < end_ && now < g_stop_at.load(std::memory_order_relaxed)) {
         count(&result_.measured);
         const uint64_t latency = now > f.start ? now - f.start : 0;
@@ -718,8 +722,10 @@ class Worker {
     load_start_ = shared_->load_start.load(std::memory_order_acquire);
     measure_start_ = load_start_ + static_cast<uint64_t>(o_.warmup * kNanosPerSecond);
     end_ = measure_start_ + static_cast<uint64_t>(o_.duration * kNanosPerSecond);
-    if (o_.timeline)
-      result_.timeline.resize(static_cast<size_t>((end_ - load_start_) / kNanosPerSecond) + 1);
+    if (o_.timeline) {
+      timeline_interval_ = static_cast<uint64_t>(o_.timeline_interval * 1e9);
+      result_.timeline.resize(static_cast<size_t>((end_ - load_start_) / timeline_interval_) + 1);
+    }
     if (o_.rate > 0) {
       interval_ = static_cast<uint64_t>(static_cast<double>(o_.connections) * 1e9 / o_.rate);
       // Spread the connections' schedules evenly over one interval.
@@ -774,6 +780,7 @@ class Worker {
   uint64_t measure_start_ = 0;
   uint64_t end_ = 0;
   uint64_t interval_ = 1;
+  uint64_t timeline_interval_ = kNanosPerSecond;
   WorkerResult result_;
 };
 
@@ -965,19 +972,21 @@ int Main(int argc, char** argv) {
   field("config", config);
   if (o.timeline) {
     const double wall = shared.load_start_wall.load(std::memory_order_acquire);
-    // Up to the second the run ended in (a stop signal can end it long before --duration).
+    // Up to the bucket the run ended in (a stop signal can end it long before --duration).
     const uint64_t ended = std::min(measure_end, std::min(stop_at, NowNanos()));
-    const size_t buckets = std::min(total.timeline.size(),
-                                    static_cast<size_t>((ended - load_start) / 1'000'000'000) + 1);
+    const auto interval = static_cast<uint64_t>(o.timeline_interval * 1e9);
+    const size_t buckets =
+        std::min(total.timeline.size(), static_cast<size_t>((ended - load_start) / interval) + 1);
     std::string tl = "[";
     for (size_t i = 0; i < buckets; ++i) {
       const Counters& k = total.timeline[i];
       if (i > 0) tl.push_back(',');
-      tl += "{\"t\":" + f(wall + static_cast<double>(i), 3) + ",\"ops\":" + u(k.ops) +
-            ",\"hits\":" + u(k.hits) + ",\"misses\":" + u(k.misses) + ",\"errors\":" + u(k.errors) +
-            "}";
+      tl += "{\"t\":" + f(wall + static_cast<double>(i) * o.timeline_interval, 3) +
+            ",\"ops\":" + u(k.ops) + ",\"hits\":" + u(k.hits) + ",\"misses\":" + u(k.misses) +
+            ",\"errors\":" + u(k.errors) + "}";
     }
     tl += "]";
+    field("timeline_interval_s", f(o.timeline_interval, 3));
     field("timeline", tl);
   }
   json += "}\n";

@@ -41,6 +41,8 @@ COMPARISONS = [
     ("write-heavy", "50% get / 50% set, 100 B values, 50 connections, no pipelining, "
      "100k keys prefilled", WRITE_HEAVY),
 ]
+# Resolution of the restart timeline; re-binned into whole seconds from the restart.
+RESTART_STEP = 0.1
 ALL_WORKLOADS = ["headline", "router", "write-heavy", "durability", "large", "restart", "rss"]
 
 
@@ -172,7 +174,7 @@ class Server:
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.name} did not accept on port {self.port} within "
                                  f"{timeout:.0f} s; log:\n{self.log_tail()}")
-            time.sleep(0.02)
+            time.sleep(0.005)
 
     def stop(self):
         """Graceful stop; returns (exit code, seconds it took)."""
@@ -517,7 +519,8 @@ def run_restart(args, workdir, results):
             settle(server, args.settle)
             argv = loadgen_argv(args, server.port, shape,
                                 ["--duration", "3600", "--warmup", "0", "--timeline",
-                                 "--fill-on-miss", "--reconnect-ms", "5"])
+                                 "--timeline-interval", str(RESTART_STEP), "--fill-on-miss",
+                                 "--reconnect-ms", "5"])
             events = {}
 
             def restart(proc):
@@ -547,21 +550,25 @@ def run_restart(args, workdir, results):
             server.stop()
             shutil.rmtree(getattr(server, "db_path", ""), ignore_errors=True)
         ev = r["during"]
+        step = r["timeline_interval_s"]
+        # Fine buckets, timed (at their middle) from the moment the restarted server accepted.
+        fine = [(b["t"] + step / 2 - ev["up_wall"], b) for b in r["timeline"]]
+        ops_series = [{"t": round(t, 3), "ops_per_sec": b["ops"] / step} for t, b in fine
+                      if -args.restart_before <= t <= args.restart_after]
+        # Whole seconds relative to that moment: [i, i + 1).
         series = []
-        for bucket in r["timeline"]:
-            # Seconds since the restarted server accepted, at the bucket's middle.
-            t = bucket["t"] + 0.5 - ev["up_wall"]
-            if -args.restart_before <= t <= args.restart_after + 0.5:
-                lookups = bucket["hits"] + bucket["misses"]
-                series.append({"t": round(t, 2), "ops": bucket["ops"],
-                               "hit_rate": bucket["hits"] / lookups if lookups else None})
+        for i in range(-int(args.restart_before), int(args.restart_after)):
+            members = [b for t, b in fine if i <= t < i + 1]
+            hits = sum(b["hits"] for b in members)
+            lookups = hits + sum(b["misses"] for b in members)
+            series.append({"second": i, "ops": sum(b["ops"] for b in members),
+                           "hit_rate": hits / lookups if lookups else None})
         downtime = ev["up_wall"] - ev["stop_wall"]
         log(f"[restart {kind}] stop took {ev['stop_seconds']:.2f} s (exit {ev['stop_rc']}), "
             f"down {downtime:.2f} s; hit rate after restart: "
-            + " ".join(f"{p['hit_rate']:.2f}" for p in series
-                       if p["t"] > 0 and p["hit_rate"] is not None))
-        out[kind] = {"series": series, "downtime_s": downtime, "stop_rc": ev["stop_rc"],
-                     "stop_seconds": ev["stop_seconds"]}
+            + " ".join(fmt(p["hit_rate"], 2) for p in series if p["second"] >= 0))
+        out[kind] = {"series": series, "ops_series": ops_series, "downtime_s": downtime,
+                     "stop_rc": ev["stop_rc"], "stop_seconds": ev["stop_seconds"]}
     results["restart"] = out
 
 
@@ -695,17 +702,18 @@ def render(args, results):
         md.append("## restart under load\n\n"
                   "Headline load with a cache-aside client (a get miss is followed by a set of "
                   "that key). The server is stopped with SIGTERM and started again on the same "
-                  f"port and data; hit rate per second for the first {args.restart_after:.0f} s "
-                  "after it accepts again (t = seconds since then, bucket middles).\n\n")
+                  f"port and data. Below: get hit rate in each second of the first "
+                  f"{args.restart_after:.0f} s after it accepts again (column n = [n-1, n) s), "
+                  "how long SIGTERM took, and how long clients saw no server (stop to "
+                  "accepting).\n\n")
+        seconds = int(args.restart_after)
         md.append("| server | stop took s | down s | " + " | ".join(
-            f"{i}" for i in range(1, int(args.restart_after) + 1)) + " |\n")
-        md.append("| --- | ---: | ---: |" + " ---: |" * int(args.restart_after) + "\n")
+            f"{i}" for i in range(1, seconds + 1)) + " |\n")
+        md.append("| --- | ---: | ---: |" + " ---: |" * seconds + "\n")
         for kind, r in rs.items():
-            after = [p for p in r["series"] if p["t"] > 0]
-            cells = []
-            for i in range(1, int(args.restart_after) + 1):
-                pts = [p for p in after if i - 1 < p["t"] <= i]
-                cells.append(fmt(pts[0]["hit_rate"], 3) if pts else "–")
+            by_second = {p["second"]: p for p in r["series"]}
+            cells = [fmt(by_second[i]["hit_rate"], 3) if i in by_second else "–"
+                     for i in range(seconds)]
             md.append(f"| {kind} | {r['stop_seconds']:.2f} | {r['downtime_s']:.2f} | "
                       + " | ".join(cells) + " |\n")
         md.append("\n")
@@ -738,17 +746,22 @@ def draw_chart(args, results, path):
             ax.bar(xs, values, width, label=kind, color=colors.get(kind))
         ax.set_xticks(range(len(names)), names)
         ax.set_title(title)
-        ax.legend()
+        if names:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no comparison workloads in this run", ha="center",
+                    transform=ax.transAxes)
     rs = results.get("restart", {})
     for kind, r in rs.items():
         pts = [p for p in r["series"] if p["hit_rate"] is not None]
-        axes[1][0].plot([p["t"] for p in pts], [p["hit_rate"] for p in pts], marker="o",
-                        label=kind, color=colors.get(kind))
-        axes[1][1].plot([p["t"] for p in r["series"]], [p["ops"] for p in r["series"]],
+        axes[1][0].plot([p["second"] + 0.5 for p in pts], [p["hit_rate"] for p in pts],
                         marker="o", label=kind, color=colors.get(kind))
-    axes[1][0].set_title("restart: hit rate per second (t=0: accepting again)")
+        axes[1][1].plot([p["t"] for p in r["ops_series"]],
+                        [p["ops_per_sec"] for p in r["ops_series"]], label=kind,
+                        color=colors.get(kind))
+    axes[1][0].set_title("restart: get hit rate per second (t=0: accepting again)")
     axes[1][0].set_ylim(-0.05, 1.05)
-    axes[1][1].set_title("restart: completed ops per second")
+    axes[1][1].set_title(f"restart: throughput (ops/s over {RESTART_STEP:g} s buckets)")
     for ax in axes[1]:
         ax.axvline(0, color="grey", linestyle=":")
         ax.set_xlabel("seconds since restart")
