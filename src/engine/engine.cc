@@ -493,6 +493,11 @@ void Engine::AppendGeneralStats(std::string* out) {
   AppendStat(out, "evictions", uint64_t{0});
   AppendStat(out, "expired_compacted", store_stats.compaction_dropped_expired);
   AppendStat(out, "flushed_compacted", store_stats.compaction_dropped_flushed);
+  AppendStat(out, "hot_cache_hits", store_stats.hot_cache_hits);
+  AppendStat(out, "hot_cache_misses", store_stats.hot_cache_misses);
+  AppendStat(out, "hot_cache_bytes", store_stats.hot_cache_bytes);
+  AppendStat(out, "hot_cache_items", store_stats.hot_cache_items);
+  AppendStat(out, "hot_cache_evictions", store_stats.hot_cache_evictions);
 }
 
 EngineStats* Engine::RegisterStats() {

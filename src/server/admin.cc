@@ -54,8 +54,8 @@ bool SplitHostPort(const std::string& addr, std::string* host, int* port) {
 }  // namespace
 
 std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerStats& s,
-                          const std::vector<std::pair<std::string, uint64_t>>& storage,
-                          uint64_t dropped_expired, uint64_t dropped_flushed, uint64_t items) {
+                          const storage::StoreStats& store,
+                          const std::vector<std::pair<std::string, uint64_t>>& rocksdb) {
   using engine::CommandKind;
   std::string out;
   out.reserve(16 * 1024);
@@ -141,14 +141,27 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
   Sample(&out, "petracache_written_bytes_total", "", s.bytes_written);
   Family(&out, "petracache_items", "gauge",
          "Estimated items on disk (RocksDB's estimate; includes not yet compacted dead items).");
-  Sample(&out, "petracache_items", "", items);
+  Sample(&out, "petracache_items", "", store.approximate_items);
   Family(&out, "petracache_compaction_dropped_items_total", "counter",
          "Dead items the TTL compaction filter dropped since start.");
-  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"expired\"", dropped_expired);
-  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"flushed\"", dropped_flushed);
+  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"expired\"",
+         store.compaction_dropped_expired);
+  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"flushed\"",
+         store.compaction_dropped_flushed);
+  Family(&out, "petracache_hot_cache_lookups_total", "counter",
+         "Reads of the in-memory hot-item tier, by result.");
+  Sample(&out, "petracache_hot_cache_lookups_total", "result=\"hit\"", store.hot_cache_hits);
+  Sample(&out, "petracache_hot_cache_lookups_total", "result=\"miss\"", store.hot_cache_misses);
+  Family(&out, "petracache_hot_cache_bytes", "gauge", "Bytes held by the hot-item tier.");
+  Sample(&out, "petracache_hot_cache_bytes", "", store.hot_cache_bytes);
+  Family(&out, "petracache_hot_cache_items", "gauge", "Items held by the hot-item tier.");
+  Sample(&out, "petracache_hot_cache_items", "", store.hot_cache_items);
+  Family(&out, "petracache_hot_cache_evictions_total", "counter",
+         "Items dropped from the hot tier for space (they stay on disk).");
+  Sample(&out, "petracache_hot_cache_evictions_total", "", store.hot_cache_evictions);
 
   // RocksDB health: counters end in _total, sizes in _bytes.
-  for (const auto& [name, value] : storage) {
+  for (const auto& [name, value] : rocksdb) {
     std::string metric = "petracache_rocksdb_" + name;
     std::string type = "gauge";
     if (name == "block_cache_hits" || name == "block_cache_misses" ||
@@ -214,11 +227,9 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
     }
   });
   http.Get("/metrics", [sources](const httplib::Request&, httplib::Response& res) {
-    res.set_content(
-        RenderMetrics(sources.engine_totals(), sources.server_stats(), sources.storage_properties(),
-                      sources.compaction_dropped_expired(), sources.compaction_dropped_flushed(),
-                      sources.approximate_items()),
-        "text/plain; version=0.0.4; charset=utf-8");
+    res.set_content(RenderMetrics(sources.engine_totals(), sources.server_stats(),
+                                  sources.store_stats(), sources.storage_properties()),
+                    "text/plain; version=0.0.4; charset=utf-8");
   });
 
   int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/stats.h"
+#include "storage/store.h"
 
 namespace petracache::server {
 
@@ -23,15 +24,13 @@ struct AdminSources {
   std::function<engine::ServerStats()> server_stats;
   // RocksDB health figures (name, value), from RocksDbStore::Properties().
   std::function<std::vector<std::pair<std::string, uint64_t>>()> storage_properties;
-  std::function<uint64_t()> compaction_dropped_expired;
-  std::function<uint64_t()> compaction_dropped_flushed;
-  std::function<uint64_t()> approximate_items;
+  std::function<storage::StoreStats()> store_stats;
 };
 
 // Renders the Prometheus text exposition (version 0.0.4).
 std::string RenderMetrics(const engine::EngineTotals& totals, const engine::ServerStats& server,
-                          const std::vector<std::pair<std::string, uint64_t>>& storage,
-                          uint64_t dropped_expired, uint64_t dropped_flushed, uint64_t items);
+                          const storage::StoreStats& store,
+                          const std::vector<std::pair<std::string, uint64_t>>& rocksdb);
 
 class AdminServer {
  public:

@@ -208,6 +208,8 @@ const std::vector<Key>& Keys() {
                     },
                     "a size from 1KiB to 1GiB",
                     [](const Config& c) { return absl::StrCat(c.item_size_max); }});
+    k.push_back(Size(
+        "storage", "hot_cache_size", "", [](auto& c) -> auto& { return c.hot_cache_size; }));
     // [metrics]
     k.push_back(Flag(
         "metrics", "enabled", "PETRACACHE_METRICS_ENABLED",

@@ -42,7 +42,8 @@ struct MetricsOptions {
 struct Config {
   ServerOptions server;
   storage::RocksDbStore::Options storage;
-  uint64_t item_size_max = 1024 * 1024;  // [storage] item_size_max
+  uint64_t item_size_max = 1024 * 1024;         // [storage] item_size_max
+  uint64_t hot_cache_size = 256 * 1024 * 1024;  // [storage] hot_cache_size; 0 = no hot tier
   MetricsOptions metrics;
   std::string log_level = "info";
   std::string config_file;  // "" = embedded defaults

@@ -175,6 +175,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
   if (!store.ok()) return store.status();
   server->store_ = std::move(*store);
 
+  storage::Store* engine_store = server->store_.get();
+  if (c.hot_cache_size > 0) {
+    server->hot_tier_ = std::make_unique<storage::CachingStore>(
+        server->store_.get(), SystemClock::Get(), c.hot_cache_size);
+    engine_store = server->hot_tier_.get();
+  }
+
   engine::EngineOptions engine_options;
   engine_options.version =
       absl::StrFormat("%s petracache-%s", PETRACACHE_MEMCACHED_COMPAT_VERSION, PETRACACHE_VERSION);
@@ -182,7 +189,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
   engine_options.disable_flush_all = c.server.disable_flush_all;
   engine_options.item_size_max = c.item_size_max;
   server->engine_ =
-      std::make_unique<engine::Engine>(server->store_.get(), SystemClock::Get(), engine_options);
+      std::make_unique<engine::Engine>(engine_store, SystemClock::Get(), engine_options);
   Server* raw = server.get();
   server->engine_->SetServerStatsSource([raw] { return raw->GetServerStats(); });
 
@@ -231,13 +238,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
     sources.server_stats = [raw] { return raw->GetServerStats(); };
     storage::RocksDbStore* rocks = server->store_.get();
     sources.storage_properties = [rocks] { return rocks->Properties(); };
-    sources.compaction_dropped_expired = [rocks] {
-      return rocks->GetStats().compaction_dropped_expired;
-    };
-    sources.compaction_dropped_flushed = [rocks] {
-      return rocks->GetStats().compaction_dropped_flushed;
-    };
-    sources.approximate_items = [rocks] { return rocks->GetStats().approximate_items; };
+    sources.store_stats = [engine] { return engine->store()->GetStats(); };
     absl::StatusOr<std::unique_ptr<AdminServer>> admin =
         AdminServer::Start(c.metrics.listen_addr, std::move(sources));
     if (!admin.ok()) return admin.status();
@@ -318,6 +319,7 @@ void Server::Run() {
   PC_LOG(kInfo, "connections closed; closing the database");
   admin_.reset();
   engine_.reset();
+  hot_tier_.reset();
   store_.reset();
   PC_LOG(kInfo, "shutdown complete");
 }

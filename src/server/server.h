@@ -17,6 +17,7 @@
 #include "server/admin.h"
 #include "server/config.h"
 #include "server/session.h"
+#include "storage/caching_store.h"
 #include "storage/rocksdb_store.h"
 
 namespace petracache::server {
@@ -50,7 +51,8 @@ class Server {
 
   Config config_;
   std::unique_ptr<storage::RocksDbStore> store_;
-  std::unique_ptr<AdminServer> admin_;  // declared early: destroyed after the loops
+  std::unique_ptr<storage::CachingStore> hot_tier_;  // in front of store_ when configured
+  std::unique_ptr<AdminServer> admin_;               // declared early: destroyed after the loops
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<ThreadPool> disk_pool_;
   std::vector<io::UniqueFd> listen_fds_;  // until each loop takes its own

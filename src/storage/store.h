@@ -31,6 +31,12 @@ struct StoreStats {
   uint64_t approximate_bytes = 0;  // bytes of keys and records
   uint64_t compaction_dropped_expired = 0;
   uint64_t compaction_dropped_flushed = 0;
+  // The in-memory hot-item tier (CachingStore); zero without one.
+  uint64_t hot_cache_hits = 0;
+  uint64_t hot_cache_misses = 0;
+  uint64_t hot_cache_bytes = 0;
+  uint64_t hot_cache_items = 0;
+  uint64_t hot_cache_evictions = 0;
 };
 
 // Thread-safe. Liveness (expiry, flush) is judged with the clock given to the store at

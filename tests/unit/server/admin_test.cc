@@ -19,8 +19,13 @@ TEST(AdminTest, RendersCountersHistogramsAndStorage) {
   t.latency_sum_nanos[static_cast<size_t>(engine::CommandKind::kGet)] = 50'000;
   engine::ServerStats s;
   s.curr_connections = 5;
+  storage::StoreStats store;
+  store.compaction_dropped_expired = 1;
+  store.compaction_dropped_flushed = 2;
+  store.approximate_items = 42;
+  store.hot_cache_hits = 9;
   std::string text =
-      RenderMetrics(t, s, {{"block_cache_usage", 100}, {"stall_micros", 2500000}}, 1, 2, 42);
+      RenderMetrics(t, s, store, {{"block_cache_usage", 100}, {"stall_micros", 2500000}});
   for (std::string_view line : {
            "petracache_commands_total{command=\"get\"} 10\n",
            "petracache_command_hits_total{command=\"get\"} 7\n",
@@ -36,6 +41,7 @@ TEST(AdminTest, RendersCountersHistogramsAndStorage) {
            "petracache_compaction_dropped_items_total{reason=\"flushed\"} 2\n",
            "petracache_rocksdb_block_cache_usage_bytes 100\n",
            "petracache_rocksdb_write_stall_seconds_total 2.500000\n",
+           "petracache_hot_cache_lookups_total{result=\"hit\"} 9\n",
        }) {
     EXPECT_NE(text.find(line), std::string::npos) << line;
   }
@@ -49,9 +55,7 @@ TEST(AdminTest, EndpointsAnswer) {
   sources.engine_totals = [] { return engine::EngineTotals{}; };
   sources.server_stats = [] { return engine::ServerStats{}; };
   sources.storage_properties = [] { return std::vector<std::pair<std::string, uint64_t>>{}; };
-  sources.compaction_dropped_expired = [] { return uint64_t{0}; };
-  sources.compaction_dropped_flushed = [] { return uint64_t{0}; };
-  sources.approximate_items = [] { return uint64_t{0}; };
+  sources.store_stats = [] { return storage::StoreStats{}; };
   auto admin = AdminServer::Start("127.0.0.1:0", sources);
   ASSERT_TRUE(admin.ok()) << admin.status();
   httplib::Client client("127.0.0.1", (*admin)->port());
