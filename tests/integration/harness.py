@@ -71,15 +71,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for_port(port, deadline, proc=None):
-    """Polls until 127.0.0.1:port accepts a connection. False if the deadline passes or the
-    process exits first."""
+def wait_for_port(port, deadline, proc=None, host="127.0.0.1"):
+    """Polls until host:port (127.0.0.1 by default) accepts a connection. False if the
+    deadline passes or the process exits first."""
     delay = 0.01
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
             time.sleep(delay)
@@ -116,6 +116,7 @@ class Server:
         self.db_path = db_path
         self.config_path = config_path
         self.proc = None
+        self.host = "127.0.0.1"  # where start() waits for the port and address points
         # Extra subprocess.Popen settings for start(): the environment (None: inherit) and a
         # preexec_fn (e.g. to raise RLIMIT_NOFILE for the server).
         self.env = None
@@ -125,7 +126,7 @@ class Server:
 
     @property
     def address(self):
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     @property
     def pid(self):
@@ -142,7 +143,7 @@ class Server:
         finally:
             err.close()
             out.close()
-        if not wait_for_port(self.port, time.monotonic() + timeout, self.proc):
+        if not wait_for_port(self.port, time.monotonic() + timeout, self.proc, self.host):
             rc = self.proc.poll()
             self._terminate()
             raise ServerError("%s did not accept connections on port %d within %.0fs "
