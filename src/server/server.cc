@@ -29,6 +29,9 @@ void OnSignal(int) {
   if (g_wake_fd >= 0) (void)!write(g_wake_fd, &one, sizeof(one));
 }
 
+// Blocking-pool width in durability = sync mode (see Server::Create).
+constexpr uint64_t kSyncWriteThreads = 32;
+
 // Stats block of the current blocking-pool thread.
 thread_local engine::EngineStats* tls_pool_stats = nullptr;
 
@@ -205,9 +208,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
   if (!dropped.ok()) return dropped;
 
   engine::Engine* engine = server->engine_.get();
-  server->disk_pool_ =
-      std::make_unique<ThreadPool>(std::max<uint64_t>(1, c.server.disk_read_threads), "pc-disk",
-                                   [engine](size_t) { tls_pool_stats = engine->RegisterStats(); });
+  // In sync mode every write waits here for its fsync. RocksDB's group commit lets writers
+  // that wait at the same time share one fsync, so the pool must be wide enough for many
+  // connections' writes to wait together.
+  uint64_t pool_threads = std::max<uint64_t>(1, c.server.disk_read_threads);
+  if (c.storage.durability == storage::Durability::kSync) {
+    pool_threads = std::max<uint64_t>(pool_threads, kSyncWriteThreads);
+  }
+  server->disk_pool_ = std::make_unique<ThreadPool>(
+      pool_threads, "pc-disk", [engine](size_t) { tls_pool_stats = engine->RegisterStats(); });
 
   for (uint64_t i = 0; i < c.server.threads; ++i) {
     auto handler = std::make_unique<Handler>(raw, engine->RegisterStats());
