@@ -12,8 +12,9 @@
 # temporary directory (tracked and untracked-but-not-ignored files, so build dirs, data/ and
 # dist/ stay out), packaging/debian/ is placed at debian/ there, and dpkg-buildpackage and
 # rpmbuild run on the copy: the work tree is never written to except dist/.
-# Needs: dpkg-dev, debhelper, fakeroot (deb); rpm (rpm); and the build dependencies listed in
-# packaging/debian/control.
+# Also writes dist/petracache-VERSION.tar.gz, the source tarball rpmbuild uses (Source0).
+# Needs: dpkg-dev, debhelper (deb; no fakeroot: Rules-Requires-Root is no); rpm (rpm); and the
+# build dependencies listed in packaging/debian/control.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,8 +50,8 @@ run_logged() {
 version=$(sed -n "s/^[[:space:]]*version:[[:space:]]*'\([^']*\)'.*/\1/p" "$ROOT/meson.build" | head -n 1)
 [[ "$version" =~ ^[0-9][0-9A-Za-z.+~]*$ ]] || die "cannot read the project version from meson.build (got '$version')"
 
-for tool in $( ((want_deb)) && echo dpkg-buildpackage dh fakeroot) $( ((want_rpm)) && echo rpmbuild); do
-  command -v "$tool" >/dev/null || die "$tool not found (apt-get install dpkg-dev debhelper fakeroot rpm)"
+for tool in $( ((want_deb)) && echo dpkg-buildpackage dh) $( ((want_rpm)) && echo rpmbuild); do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install dpkg-dev debhelper rpm)"
 done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/petracache-pkg.XXXXXX")
@@ -80,7 +81,8 @@ rm -rf "$SRC/debian"
 tarball="$WORK/petracache-$version.tar.gz"
 tar -C "$WORK" -czf "$tarball" "petracache-$version"
 
-outputs=()
+cp "$tarball" "$DIST/"
+outputs=("$DIST/$(basename "$tarball")")
 
 if ((want_deb)); then
   cp -a "$ROOT/packaging/debian" "$SRC/debian"
@@ -141,5 +143,5 @@ if ((want_rpm)); then
   shopt -u nullglob
 fi
 
-((${#outputs[@]} > 0)) || die "no package was produced"
+((${#outputs[@]} > 1)) || die "no package was produced"
 for f in "${outputs[@]}"; do echo "$f"; done

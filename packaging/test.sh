@@ -114,6 +114,14 @@ if ((${#debs[@]} != 1 || ${#rpms[@]} != 1)); then
 fi
 deb=${debs[0]}
 rpm_file=${rpms[0]}
+# Compare the packages with the exact source they were built from (build.sh leaves it in dist/
+# as the rpm's Source0), not with a work tree that may have changed since.
+SRCROOT=$ROOT
+if [[ -f "$DIST/petracache-$version.tar.gz" ]]; then
+  mkdir -p "$TMP/src"
+  tar -xzf "$DIST/petracache-$version.tar.gz" -C "$TMP/src"
+  SRCROOT="$TMP/src/petracache-$version"
+fi
 log "testing $(basename "$deb") and $(basename "$rpm_file")"
 deb_version=$(dpkg-deb -f "$deb" Version)
 check "deb version $deb_version follows meson.build ($version)" test "${deb_version%-*}" = "$version"
@@ -166,15 +174,15 @@ if set(diffs) != expected or len(diffs) != 2:
     sys.exit(f"unexpected differences: {diffs}")
 EOF
 check "packaged petracache.ini = sample + header, db_path, user" \
-  "$PY" "$TMP/config_diff.py" "$ROOT/petracache.ini" "$TMP/deb-root/etc/petracache/petracache.ini"
+  "$PY" "$TMP/config_diff.py" "$SRCROOT/petracache.ini" "$TMP/deb-root/etc/petracache/petracache.ini"
 check "packaged unit is packaging/petracache.service" \
-  cmp "$ROOT/packaging/petracache.service" "$TMP/deb-root/lib/systemd/system/petracache.service"
+  cmp "$SRCROOT/packaging/petracache.service" "$TMP/deb-root/lib/systemd/system/petracache.service"
 gzip -dc "$TMP/deb-root/usr/share/man/man8/petracache.8.gz" >"$TMP/petracache.8"
 check "man page renders without groff warnings" \
   bash -c "LC_ALL=C.UTF-8 groff -man -ww -z -Tutf8 '$TMP/petracache.8' 2>&1 | { ! grep .; }"
 check "man page carries version $version" grep -q "^\.TH PETRACACHE 8 .*petracache $version" "$TMP/petracache.8"
 # Every configuration key is described in the man page (keeps the summary from drifting).
-missing_keys=$(sed -n 's/^\([a-z_]*\) = .*/\1/p' "$ROOT/petracache.ini" | sort -u | while read -r key; do
+missing_keys=$(sed -n 's/^\([a-z_]*\) = .*/\1/p' "$SRCROOT/petracache.ini" | sort -u | while read -r key; do
   grep -qx "\.B $key" "$TMP/petracache.8" || echo "$key"
 done)
 check "man page describes every key of petracache.ini" test -z "$missing_keys"
@@ -422,7 +430,7 @@ check "rpm version is $version" test "$(rpm -qp --qf '%{VERSION}' "$rpm_file" 2>
   printf '%s\n' /etc/petracache /etc/petracache/petracache.ini /usr/bin/petracache \
     /usr/lib/systemd/system/petracache.service /usr/share/man/man8/petracache.8 \
     /usr/share/doc/petracache /var/lib/petracache
-  for f in "$ROOT"/README.md "$ROOT"/docs/*.md; do
+  for f in "$SRCROOT"/README.md "$SRCROOT"/docs/*.md; do
     [[ -f "$f" ]] && echo "/usr/share/doc/petracache/$(basename "$f")"
   done
 } | sort >"$TMP/rpm.expected"
@@ -448,7 +456,7 @@ rpm2archive - <"$rpm_file" | tar -xz -C "$TMP/rpm-root"
 check "rpm and deb ship the same petracache.ini" \
   cmp "$TMP/rpm-root/etc/petracache/petracache.ini" "$TMP/deb-root/etc/petracache/petracache.ini"
 check "rpm ships packaging/petracache.service" \
-  cmp "$ROOT/packaging/petracache.service" "$TMP/rpm-root/usr/lib/systemd/system/petracache.service"
+  cmp "$SRCROOT/packaging/petracache.service" "$TMP/rpm-root/usr/lib/systemd/system/petracache.service"
 check "rpm binary reports $version" \
   bash -c "'$TMP/rpm-root/usr/bin/petracache' --version | grep -q 'petracache $version '"
 
