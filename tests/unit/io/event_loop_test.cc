@@ -17,6 +17,7 @@ using testing::Connect;
 using testing::Deadline;
 using testing::EchoHandler;
 using testing::Exchange;
+using testing::GateHandler;
 using testing::LineHandler;
 using testing::Pattern;
 using testing::PausingHandler;
@@ -226,6 +227,82 @@ TEST_P(EventLoopTest, BackPressureBoundsBufferedOutput) {
   EXPECT_TRUE(got == sent);
   EXPECT_LE(handler.max_pending_output.load(),
             options.max_pending_output + options.read_buffer_size);
+}
+
+TEST_P(EventLoopTest, PausedHandlerBoundsBufferedInput) {
+  GateHandler handler;
+  LoopOptions options = Options();
+  options.read_buffer_size = 4096;
+  options.max_pending_input = 64 << 10;
+  auto server = Start(&handler, options);
+  ASSERT_NE(server, nullptr);
+  auto fd = Connect(server->port());
+  ASSERT_TRUE(fd);
+  const std::string chunk = Pattern(64 << 10, 9);
+  std::string sent;
+  while (sent.size() < (64u << 20)) {
+    pollfd p{fd.get(), POLLOUT, 0};
+    if (::poll(&p, 1, 500) <= 0) break;
+    ssize_t n = ::send(fd.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (n > 0) sent.append(chunk, 0, static_cast<size_t>(n));
+  }
+  ASSERT_TRUE(handler.paused.load());
+  EXPECT_LT(sent.size(), 64u << 20) << "the loop never stopped reading";
+  // The limit, plus what a multishot recv may already have taken from the socket before it is
+  // cancelled: at most the whole buffer ring (256 buffers).
+  EXPECT_LE(server->loop().stats().bytes_read.load(),
+            options.max_pending_input + 257 * options.read_buffer_size);
+  // Unpause from another thread: everything buffered and everything still queued comes back.
+  uint64_t id = handler.last_id.load();
+  server->loop().PostToConnection(id, [&handler](Connection& c) {
+    handler.Open();
+    c.SetPaused(false);
+  });
+  std::string got = Exchange(fd.get(), "", sent.size());
+  ASSERT_EQ(got.size(), sent.size());
+  EXPECT_TRUE(got == sent);
+}
+
+TEST_P(EventLoopTest, RequestLargerThanInputLimitStillArrives) {
+  LineHandler handler;
+  LoopOptions options = Options();
+  options.max_pending_input = 16 << 10;
+  auto server = Start(&handler, options);
+  ASSERT_NE(server, nullptr);
+  auto fd = Connect(server->port());
+  ASSERT_TRUE(fd);
+  // One 1 MiB line: the handler has seen every byte and waits for the newline, so the input
+  // limit does not stop reading (request size limits are the handler's business).
+  std::string line = Pattern(1 << 20, 4);
+  std::string want;
+  for (char ch : line) want.push_back(static_cast<char>(std::toupper(ch)));
+  EXPECT_TRUE(Exchange(fd.get(), line + "\n", want.size() + 1) == want + "\n");
+}
+
+TEST_P(EventLoopTest, TinyReadBuffers) {
+  // 64-byte reads: many recv completions per request, and with io_uring kBest a 16 KiB buffer
+  // ring that a fast sender exhausts (ENOBUFS, then re-armed).
+  EchoHandler handler;
+  LoopOptions options = Options();
+  options.read_buffer_size = 64;
+  auto server = Start(&handler, options);
+  ASSERT_NE(server, nullptr);
+  std::vector<UniqueFd> fds;
+  for (int i = 0; i < 4; ++i) {
+    fds.push_back(Connect(server->port()));
+    ASSERT_TRUE(fds.back());
+  }
+  std::vector<std::string> payloads;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    payloads.push_back(Pattern(256 << 10, i));
+    ASSERT_TRUE(SendAll(fds[i].get(), payloads[i]));  // socket buffers hold 256 KiB each way
+  }
+  for (size_t i = 0; i < fds.size(); ++i) {
+    auto r = Recv(fds[i].get(), payloads[i].size());
+    ASSERT_EQ(r.data.size(), payloads[i].size());
+    EXPECT_TRUE(r.data == payloads[i]);
+  }
+  EXPECT_LE(handler.max_input_seen.load(), 64u);
 }
 
 TEST_P(EventLoopTest, ConnectionCapRejectsWithMessage) {

@@ -320,6 +320,28 @@ class PausingHandler : public RecordingHandler {
   std::unique_ptr<Worker> worker_ = std::make_unique<Worker>();
 };
 
+// Pauses every connection on its first input (consuming nothing) until Open() is called
+// from a PostToConnection function; echoes from then on.
+class GateHandler : public RecordingHandler {
+ public:
+  void OnInput(Connection& c) override {
+    if (!open_) {
+      c.SetPaused(true);
+      paused.store(true);
+      return;
+    }
+    std::string_view in = c.input();
+    c.output().append(in.data(), in.size());
+    c.Consume(in.size());
+    Note(c, in.size());
+  }
+  void Open() { open_ = true; }  // loop thread only
+  std::atomic<bool> paused{false};
+
+ private:
+  bool open_ = false;
+};
+
 // ---- A server: loops on threads ----
 
 class TestServer {
