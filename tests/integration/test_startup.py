@@ -64,7 +64,7 @@ class _StartupCase(unittest.TestCase):
         out_path = os.path.join(self.dir, "run.stdout")
         err_path = os.path.join(self.dir, "run.stderr")
         with open(out_path, "wb") as out_f, open(err_path, "wb") as err_f:
-            proc = subprocess.Popen([harness.petracache_bin()] + list(args),
+            proc = subprocess.Popen([os.path.abspath(harness.petracache_bin())] + list(args),
                                     stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f,
                                     cwd=cwd or self.dir, env=full_env, start_new_session=True,
                                     preexec_fn=preexec_fn)
