@@ -171,6 +171,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
     c.server.threads = cpus > 0 ? static_cast<uint64_t>(cpus) : 1;
   }
 
+  // Bind first (ports below 1024 need root), then drop privileges, then open the database, so
+  // every file RocksDB creates belongs to the user the server runs as.
+  absl::StatusOr<std::vector<io::UniqueFd>> fds =
+      io::ListenReusePort(c.server.listen_addr, static_cast<int>(c.server.threads));
+  if (!fds.ok()) return fds.status();
+  server->listen_fds_ = std::move(*fds);
+  server->port_ = io::LocalPort(server->listen_fds_.front().get());
+
+  absl::Status dropped = DropPrivileges(c.server.user);
+  if (!dropped.ok()) return dropped;
+
   storage::RocksDbStore::Options storage_options = c.storage;
   storage_options.clock = SystemClock::Get();
   absl::StatusOr<std::unique_ptr<storage::RocksDbStore>> store =
@@ -195,17 +206,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
       std::make_unique<engine::Engine>(engine_store, SystemClock::Get(), engine_options);
   Server* raw = server.get();
   server->engine_->SetServerStatsSource([raw] { return raw->GetServerStats(); });
-
-  absl::StatusOr<std::vector<io::UniqueFd>> fds =
-      io::ListenReusePort(c.server.listen_addr, static_cast<int>(c.server.threads));
-  if (!fds.ok()) return fds.status();
-  server->listen_fds_ = std::move(*fds);
-  server->port_ = io::LocalPort(server->listen_fds_.front().get());
-
   server->engine_->SetSettings(SettingsFor(c, server->port_));
-
-  absl::Status dropped = DropPrivileges(c.server.user);
-  if (!dropped.ok()) return dropped;
 
   engine::Engine* engine = server->engine_.get();
   // In sync mode every write waits here for its fsync. RocksDB's group commit lets writers

@@ -107,6 +107,14 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
 // what RocksDB said about the path.
 absl::Status OpenError(const rocksdb::Status& s, const std::string& path) {
   const std::string text = s.ToString();
+  if (s.IsIOError() && absl::StrContains(text, "/LOCK") &&
+      absl::StrContains(text, "Permission denied")) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "database at '", path,
+        "' is not writable by this user (files there may belong to another user, e.g. after a "
+        "run as root: chown them to the service user) (",
+        text, ")"));
+  }
   if (s.IsIOError() && absl::StrContains(text, "/LOCK")) {
     return absl::FailedPreconditionError(absl::StrCat(
         "database at '", path,
