@@ -130,7 +130,7 @@ class Connection {
   bool needs_call_ = false;  // call OnInput even without new bytes (unpaused, or stopped early)
   bool close_after_write_ = false;
   bool peer_eof_ = false;
-  bool closing_ = false;  // OnClose has run; the backend is releasing the socket
+  bool closing_ = false;  // closing: OnClose is running or ran; the backend releases the socket
   bool graceful_ = false;
   bool dirty_ = false;  // queued for end-of-iteration processing
 
