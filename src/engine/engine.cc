@@ -507,17 +507,22 @@ EngineStats* Engine::RegisterStats() {
 }
 
 EngineTotals Engine::Totals() const {
+  EngineTotals t = LifetimeTotals();
   std::lock_guard lock(stats_mu_);
-  EngineTotals t;
-  for (const auto& block : stats_blocks_) t.Add(*block);
   t.Subtract(stats_base_);
   return t;
 }
 
-void Engine::ResetStats() {
-  EngineTotals now;
+EngineTotals Engine::LifetimeTotals() const {
   std::lock_guard lock(stats_mu_);
-  for (const auto& block : stats_blocks_) now.Add(*block);
+  EngineTotals t;
+  for (const auto& block : stats_blocks_) t.Add(*block);
+  return t;
+}
+
+void Engine::ResetStats() {
+  EngineTotals now = LifetimeTotals();
+  std::lock_guard lock(stats_mu_);
   stats_base_ = now;
   if (server_stats_) server_base_ = server_stats_();
 }

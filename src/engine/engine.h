@@ -58,8 +58,10 @@ class Engine {
 
   // A per-thread stats block that lives as long as the engine; summed by Totals().
   EngineStats* RegisterStats();
-  // Counters since start or the last `stats reset`.
+  // Counters since start or the last `stats reset` (the memcached `stats` view).
   EngineTotals Totals() const;
+  // Counters since start, never reset (Prometheus counters must not go backwards).
+  EngineTotals LifetimeTotals() const;
   void ResetStats();
 
   // Where `stats` gets server-level figures; `stats settings` prints `settings` verbatim.

@@ -68,10 +68,6 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
            t.Commands(kind));
   }
 
-  Family(&out, "petracache_command_hits_total", "counter",
-         "Commands that found their key (get counts keys).");
-  Family(&out, "petracache_command_misses_total", "counter",
-         "Commands that did not find their key (get counts keys).");
   struct HitMiss {
     const char* command;
     uint64_t hits;
@@ -81,10 +77,18 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
       {"get", t.get_hits, t.get_misses},       {"delete", t.delete_hits, t.delete_misses},
       {"incr", t.incr_hits, t.incr_misses},    {"decr", t.decr_hits, t.decr_misses},
       {"touch", t.touch_hits, t.touch_misses}, {"cas", t.cas_hits, t.cas_misses}};
+  // Each family's samples must be contiguous in the text format.
+  Family(&out, "petracache_command_hits_total", "counter",
+         "Commands that found their key (get counts keys).");
   for (const HitMiss& h : hit_miss) {
-    std::string label = absl::StrFormat("command=\"%s\"", h.command);
-    Sample(&out, "petracache_command_hits_total", label, h.hits);
-    Sample(&out, "petracache_command_misses_total", label, h.misses);
+    Sample(&out, "petracache_command_hits_total", absl::StrFormat("command=\"%s\"", h.command),
+           h.hits);
+  }
+  Family(&out, "petracache_command_misses_total", "counter",
+         "Commands that did not find their key (get counts keys).");
+  for (const HitMiss& h : hit_miss) {
+    Sample(&out, "petracache_command_misses_total", absl::StrFormat("command=\"%s\"", h.command),
+           h.misses);
   }
 
   const CounterFamily families[] = {

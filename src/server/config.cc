@@ -3,6 +3,7 @@
 #include "server/config.h"
 
 #include <ini.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cctype>
@@ -33,6 +34,31 @@ bool ParseUint(std::string_view text, uint64_t* out) {
 }
 
 std::string BoolText(bool b) { return b ? "true" : "false"; }
+
+// "host:port", "[v6]:port" or "host"; port 0-65535.
+bool ValidAddress(std::string_view text) {
+  std::string_view host = text;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close == 1) return false;
+    host = text.substr(1, close - 1);
+    std::string_view rest = text.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return false;
+      port = rest.substr(1);
+      if (port.empty()) return false;
+    }
+  } else if (size_t colon = text.rfind(':'); colon != std::string_view::npos) {
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (port.empty() || host.find(':') != std::string_view::npos) return false;
+  }
+  if (host.empty() || host.find(' ') != std::string_view::npos) return false;
+  if (port.empty()) return true;
+  uint64_t n;
+  return ParseUint(port, &n) && n <= 65535;
+}
 
 std::string BackendName(IoBackendChoice b) {
   switch (b) {
@@ -88,6 +114,20 @@ Key Flag(std::string_view section, std::string_view name, std::string_view alias
 }
 
 template <typename Getter>
+Key Address(std::string_view section, std::string_view name, std::string_view alias, Getter field) {
+  return Key{section,
+             name,
+             alias,
+             [field](std::string_view v, Config* c) {
+               if (!ValidAddress(v)) return false;
+               field(*c) = std::string(v);
+               return true;
+             },
+             "host:port, [ipv6]:port or host, with a port from 0 to 65535",
+             [field](const Config& c) { return std::string(field(c)); }};
+}
+
+template <typename Getter>
 Key Text(std::string_view section, std::string_view name, std::string_view alias, Getter field) {
   return Key{section,
              name,
@@ -104,7 +144,7 @@ const std::vector<Key>& Keys() {
   static const std::vector<Key> keys = [] {
     std::vector<Key> k;
     // [server]
-    k.push_back(Text(
+    k.push_back(Address(
         "server", "listen_addr", "PETRACACHE_LISTEN_ADDR",
         [](auto& c) -> auto& { return c.server.listen_addr; }));
     k.push_back(Count(
@@ -214,7 +254,7 @@ const std::vector<Key>& Keys() {
     k.push_back(Flag(
         "metrics", "enabled", "PETRACACHE_METRICS_ENABLED",
         [](auto& c) -> auto& { return c.metrics.enabled; }));
-    k.push_back(Text(
+    k.push_back(Address(
         "metrics", "listen_addr", "PETRACACHE_METRICS_ADDR",
         [](auto& c) -> auto& { return c.metrics.listen_addr; }));
     return k;
@@ -383,6 +423,11 @@ absl::StatusOr<Config> LoadConfig(const std::string& path,
                                   const std::map<std::string, std::string>& env) {
   Config config;
   if (!path.empty()) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("config file %s: not a regular file", path));
+    }
     std::ifstream in(path);
     if (!in) {
       return absl::NotFoundError(absl::StrFormat("config file %s: cannot be read", path));

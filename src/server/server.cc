@@ -244,7 +244,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
     AdminSources sources;
     sources.ready = [raw] { return raw->ready(); };
     sources.loops_alive = [raw](int timeout_ms) { return raw->LoopsAlive(timeout_ms); };
-    sources.engine_totals = [engine] { return engine->Totals(); };
+    sources.engine_totals = [engine] { return engine->LifetimeTotals(); };
     sources.server_stats = [raw] { return raw->GetServerStats(); };
     storage::RocksDbStore* rocks = server->store_.get();
     sources.storage_properties = [rocks] { return rocks->Properties(); };

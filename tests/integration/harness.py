@@ -47,7 +47,9 @@ def is_petracache():
 
 
 def petracache_bin():
-    return os.environ.get("PETRACACHE_BIN", "")
+    # Absolute, because servers are started with their temp dir as the working directory.
+    path = os.environ.get("PETRACACHE_BIN", "")
+    return os.path.abspath(path) if path else ""
 
 
 def target_unavailable_reason():

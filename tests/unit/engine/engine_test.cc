@@ -283,6 +283,8 @@ TEST_F(EngineTest, StatsCountAndReset) {
   EXPECT_EQ(stats.substr(stats.size() - 5), "END\r\n");
   Run("stats reset\r\n");
   EXPECT_NE(Run("stats\r\n").find("STAT cmd_get 0\r\n"), std::string::npos);
+  // /metrics reads lifetime counters, which a reset must not rewind.
+  EXPECT_EQ(engine_.LifetimeTotals().cmd_get, 2u);
 }
 
 TEST_F(EngineTest, WouldBlockLeavesNoTrace) {

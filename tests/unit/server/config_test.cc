@@ -89,6 +89,28 @@ TEST(ConfigTest, EnvironmentBeatsTheFile) {
   EXPECT_NE(s.message().find("PETRACACHE_MAX_CONNECTIONS"), std::string::npos) << s;
 }
 
+TEST(ConfigTest, ListenAddressesAreValidated) {
+  for (const char* good : {"127.0.0.1:11211", "[::1]:0", "localhost", "[::1]", "0.0.0.0:65535"}) {
+    Config c;
+    EXPECT_TRUE(ApplyIni(std::string("[server]\nlisten_addr = ") + good + "\n", "g", &c).ok())
+        << good;
+  }
+  for (const char* bad :
+       {"127.0.0.1:99999", "127.0.0.1:", ":11211", "[::1", "::1:80", "a b:1", "127.0.0.1:http"}) {
+    Config c;
+    absl::Status s = ApplyIni(std::string("[metrics]\nlisten_addr = ") + bad + "\n", "b", &c);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("b:2"), std::string::npos) << s;
+  }
+}
+
+TEST(ConfigTest, ConfigPathMustBeARegularFile) {
+  absl::StatusOr<Config> c = LoadConfig("/tmp", {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("/tmp"), std::string::npos);
+  EXPECT_FALSE(LoadConfig("/nonexistent/petracache.ini", {}).ok());
+}
+
 TEST(ConfigTest, Sizes) {
   uint64_t v;
   EXPECT_TRUE(ParseSize("4096", &v));
