@@ -266,6 +266,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
 Server::Server(const Config& config) : config_(config) {}
 
 Server::~Server() {
+  // Pool threads post replies to loops: stop them before the loops go away.
+  disk_pool_.reset();
   loops_.clear();
   handlers_.clear();
 }
