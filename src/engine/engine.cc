@@ -9,6 +9,7 @@
 #include <charconv>
 #include <ctime>
 #include <functional>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
@@ -116,8 +117,7 @@ Outcome Engine::Dispatch(const Command& cmd, ExecContext& ctx) {
       return Outcome::kDone;
     case CommandType::kVerbosity:
       verbosity_.store(cmd.verbosity, std::memory_order_relaxed);
-      if (!cmd.noreply) AppendReply(ctx.out, Reply::kOk);
-      return Outcome::kDone;
+      return Answer(cmd, ctx, Reply::kOk);
     case CommandType::kQuit:
       return Outcome::kClose;
     case CommandType::kShutdown:
@@ -159,22 +159,47 @@ Outcome Engine::Error(const Command& cmd, ExecContext& ctx) {
       break;
     case ProtocolError::kInvalidExptime:
       if (cmd.type == CommandType::kFlushAll && options_.disable_flush_all) {
-        if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kFlushDisabled);
-        return Outcome::kDone;
+        return Answer(cmd, ctx, ProtocolError::kFlushDisabled);
       }
       break;
     default:
       break;
   }
   ctx.stats->protocol_errors.Add();
-  if (!cmd.noreply) AppendError(ctx.out, cmd.error);
-  return Outcome::kDone;
+  return Answer(cmd, ctx, cmd.error);
 }
 
 Outcome Engine::StorageFailure(const Command& cmd, ExecContext& ctx) {
   ctx.stats->storage_errors.Add();
-  if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kStorageFailure);
+  return Answer(cmd, ctx, ProtocolError::kStorageFailure);
+}
+
+Outcome Engine::Answer(const Command& cmd, ExecContext& ctx, Reply reply) {
+  if (!cmd.noreply) AppendReply(ctx.out, reply);
   return Outcome::kDone;
+}
+
+Outcome Engine::Answer(const Command& cmd, ExecContext& ctx, ProtocolError error) {
+  if (!cmd.noreply) AppendError(ctx.out, error);
+  return Outcome::kDone;
+}
+
+std::optional<Outcome> Engine::ReadForUpdate(const Command& cmd, ExecContext& ctx,
+                                             ItemHeader* header, std::string* value, bool* live) {
+  Lookup r = Read(store_, cmd.key, ctx.allow_disk, header, value);
+  if (r.would_block) return Outcome::kWouldBlock;
+  if (r.failed) return StorageFailure(cmd, ctx);
+  *live = IsLive(r.status);
+  return std::nullopt;
+}
+
+bool Engine::StoreNew(std::string_view key, ItemHeader* header, std::string_view value,
+                      int64_t now) {
+  absl::StatusOr<uint64_t> cas = store_->NextCas();
+  if (!cas.ok()) return false;
+  header->cas = *cas;
+  header->write_time = now;
+  return store_->Put(key, *header, value).ok();
 }
 
 Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
@@ -234,21 +259,14 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
 Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
   const int64_t now = clock_->Now();
   std::lock_guard lock(StripeFor(cmd.key));
-
   ItemHeader old;
   std::string old_value;
-  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &old, &old_value);
-  if (r.would_block) return Outcome::kWouldBlock;
-  if (r.failed) {
-    return StorageFailure(cmd, ctx);
+  bool exists = false;
+  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &old, &old_value, &exists)) {
+    return *early;
   }
   ctx.stats->cmd_set.Add();
-  const bool exists = IsLive(r.status);
-
-  auto reply = [&](Reply what) {
-    if (!cmd.noreply) AppendReply(ctx.out, what);
-    return Outcome::kDone;
-  };
+  auto reply = [&](Reply what) { return Answer(cmd, ctx, what); };
 
   ItemHeader header;
   header.flags = cmd.flags;
@@ -298,11 +316,7 @@ Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
       return reply(Reply::kNotStored);
   }
 
-  absl::StatusOr<uint64_t> cas = store_->NextCas();
-  if (!cas.ok()) return StorageFailure(cmd, ctx);
-  header.cas = *cas;
-  header.write_time = now;
-  if (!store_->Put(cmd.key, header, value).ok()) return StorageFailure(cmd, ctx);
+  if (!StoreNew(cmd.key, &header, value, now)) return StorageFailure(cmd, ctx);
   ctx.stats->total_items.Add();
   return reply(Reply::kStored);
 }
@@ -312,20 +326,17 @@ Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
   std::lock_guard lock(StripeFor(cmd.key));
   ItemHeader header;
   std::string value;
-  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &header, &value);
-  if (r.would_block) return Outcome::kWouldBlock;
-  if (r.failed) {
-    return StorageFailure(cmd, ctx);
+  bool live = false;
+  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &header, &value, &live)) {
+    return *early;
   }
-  if (!IsLive(r.status)) {
+  if (!live) {
     (incr ? ctx.stats->incr_misses : ctx.stats->decr_misses).Add();
-    if (!cmd.noreply) AppendReply(ctx.out, Reply::kNotFound);
-    return Outcome::kDone;
+    return Answer(cmd, ctx, Reply::kNotFound);
   }
   uint64_t number = 0;
   if (!protocol::ParseStoredNumber(value, &number)) {
-    if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kNonNumeric);
-    return Outcome::kDone;
+    return Answer(cmd, ctx, ProtocolError::kNonNumeric);
   }
   if (incr) {
     number += cmd.delta;  // wraps at 2^64, as memcached
@@ -339,15 +350,7 @@ Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
   std::string new_value(text);
   if (new_value.size() < value.size()) new_value.resize(value.size(), ' ');
 
-  absl::StatusOr<uint64_t> cas = store_->NextCas();
-  if (!cas.ok()) {
-    return StorageFailure(cmd, ctx);
-  }
-  header.cas = *cas;
-  header.write_time = clock_->Now();
-  if (!store_->Put(cmd.key, header, new_value).ok()) {
-    return StorageFailure(cmd, ctx);
-  }
+  if (!StoreNew(cmd.key, &header, new_value, clock_->Now())) return StorageFailure(cmd, ctx);
   (incr ? ctx.stats->incr_hits : ctx.stats->decr_hits).Add();
   if (!cmd.noreply) protocol::AppendNumber(ctx.out, number);
   return Outcome::kDone;
@@ -357,19 +360,17 @@ Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
   std::lock_guard lock(StripeFor(cmd.key));
   ItemHeader header;
   std::string value;
-  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &header, &value);
-  if (r.would_block) return Outcome::kWouldBlock;
-  if (r.failed || (IsLive(r.status) && !store_->Delete(cmd.key).ok())) {
-    return StorageFailure(cmd, ctx);
+  bool live = false;
+  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &header, &value, &live)) {
+    return *early;
   }
-  if (IsLive(r.status)) {
-    ctx.stats->delete_hits.Add();
-    if (!cmd.noreply) AppendReply(ctx.out, Reply::kDeleted);
-  } else {
+  if (!live) {
     ctx.stats->delete_misses.Add();
-    if (!cmd.noreply) AppendReply(ctx.out, Reply::kNotFound);
+    return Answer(cmd, ctx, Reply::kNotFound);
   }
-  return Outcome::kDone;
+  if (!store_->Delete(cmd.key).ok()) return StorageFailure(cmd, ctx);
+  ctx.stats->delete_hits.Add();
+  return Answer(cmd, ctx, Reply::kDeleted);
 }
 
 Outcome Engine::Touch(const Command& cmd, ExecContext& ctx) {
@@ -377,31 +378,25 @@ Outcome Engine::Touch(const Command& cmd, ExecContext& ctx) {
   std::lock_guard lock(StripeFor(cmd.key));
   ItemHeader header;
   std::string value;
-  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &header, &value);
-  if (r.would_block) return Outcome::kWouldBlock;
-  if (r.failed) {
-    return StorageFailure(cmd, ctx);
+  bool live = false;
+  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &header, &value, &live)) {
+    return *early;
   }
   ctx.stats->cmd_touch.Add();
-  if (!IsLive(r.status)) {
+  if (!live) {
     ctx.stats->touch_misses.Add();
-    if (!cmd.noreply) AppendReply(ctx.out, Reply::kNotFound);
-    return Outcome::kDone;
+    return Answer(cmd, ctx, Reply::kNotFound);
   }
   // touch changes only the expiry: memcached keeps the CAS.
   header.exptime = AbsoluteExptime(cmd.exptime, now);
-  if (!store_->Put(cmd.key, header, value).ok()) {
-    return StorageFailure(cmd, ctx);
-  }
+  if (!store_->Put(cmd.key, header, value).ok()) return StorageFailure(cmd, ctx);
   ctx.stats->touch_hits.Add();
-  if (!cmd.noreply) AppendReply(ctx.out, Reply::kTouched);
-  return Outcome::kDone;
+  return Answer(cmd, ctx, Reply::kTouched);
 }
 
 Outcome Engine::FlushAll(const Command& cmd, ExecContext& ctx) {
   if (options_.disable_flush_all) {
-    if (!cmd.noreply) AppendError(ctx.out, ProtocolError::kFlushDisabled);
-    return Outcome::kDone;
+    return Answer(cmd, ctx, ProtocolError::kFlushDisabled);
   }
   const int64_t now = clock_->Now();
   const int32_t delay = cmd.has_exptime ? cmd.exptime : 0;
@@ -421,8 +416,7 @@ Outcome Engine::FlushAll(const Command& cmd, ExecContext& ctx) {
     return StorageFailure(cmd, ctx);
   }
   ctx.stats->cmd_flush.Add();
-  if (!cmd.noreply) AppendReply(ctx.out, Reply::kOk);
-  return Outcome::kDone;
+  return Answer(cmd, ctx, Reply::kOk);
 }
 
 Outcome Engine::Stats(const Command& cmd, ExecContext& ctx) {

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -15,6 +16,7 @@
 #include "common/clock.h"
 #include "engine/stats.h"
 #include "petracache/command.h"
+#include "protocol/encoder.h"
 #include "storage/store.h"
 
 namespace petracache::engine {
@@ -92,6 +94,16 @@ class Engine {
   // Replies SERVER_ERROR for a failed storage call (noreply suppresses it, as memcached does
   // for its own SERVER_ERRORs: an unexpected line would desynchronize the client).
   Outcome StorageFailure(const Command& cmd, ExecContext& ctx);
+  // Appends the reply unless the command said noreply.
+  Outcome Answer(const Command& cmd, ExecContext& ctx, protocol::Reply reply);
+  Outcome Answer(const Command& cmd, ExecContext& ctx, ProtocolError error);
+  // The read half of a mutation, with the key's stripe held by the caller: returns the
+  // outcome to give up with (needs disk, storage failure), or nullopt with *live set.
+  std::optional<Outcome> ReadForUpdate(const Command& cmd, ExecContext& ctx,
+                                       storage::ItemHeader* header, std::string* value, bool* live);
+  // Gives *header a fresh CAS and write time and stores it; false on a storage failure.
+  bool StoreNew(std::string_view key, storage::ItemHeader* header, std::string_view value,
+                int64_t now);
 
   storage::Store* const store_;
   Clock* const clock_;
