@@ -12,13 +12,6 @@
 namespace petracache::server {
 namespace {
 
-// Metric families that map one engine counter each.
-struct CounterFamily {
-  const char* name;
-  const char* help;
-  uint64_t engine::EngineTotals::*field;
-};
-
 void Family(std::string* out, std::string_view name, std::string_view type, std::string_view help) {
   absl::StrAppendFormat(out, "# HELP %s %s\n# TYPE %s %s\n", std::string(name), std::string(help),
                         std::string(name), std::string(type));
@@ -29,6 +22,29 @@ void Sample(std::string* out, std::string_view name, std::string_view labels, ui
     absl::StrAppendFormat(out, "%s %d\n", std::string(name), value);
   } else {
     absl::StrAppendFormat(out, "%s{%s} %d\n", std::string(name), std::string(labels), value);
+  }
+}
+
+// A family with a single unlabeled sample.
+void Metric(std::string* out, std::string_view name, std::string_view type, std::string_view help,
+            uint64_t value) {
+  Family(out, name, type, help);
+  Sample(out, name, "", value);
+}
+
+struct Labeled {
+  std::string label;
+  uint64_t value;
+};
+
+// A family with one sample per value of one label; the samples stay contiguous, as the text
+// format requires.
+void LabeledFamily(std::string* out, std::string_view name, std::string_view type,
+                   std::string_view help, std::string_view label_name,
+                   const std::vector<Labeled>& samples) {
+  Family(out, name, type, help);
+  for (const Labeled& l : samples) {
+    Sample(out, name, absl::StrFormat("%s=\"%s\"", std::string(label_name), l.label), l.value);
   }
 }
 
@@ -60,59 +76,44 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
   std::string out;
   out.reserve(16 * 1024);
 
-  Family(&out, "petracache_commands_total", "counter", "Commands executed, by command family.");
+  std::vector<Labeled> commands;
   for (size_t k = 0; k < engine::kCommandKinds; ++k) {
     auto kind = static_cast<CommandKind>(k);
-    Sample(&out, "petracache_commands_total",
-           absl::StrFormat("command=\"%s\"", std::string(engine::CommandKindName(kind))),
-           t.Commands(kind));
+    commands.push_back({std::string(engine::CommandKindName(kind)), t.Commands(kind)});
   }
-
-  struct HitMiss {
-    const char* command;
-    uint64_t hits;
-    uint64_t misses;
-  };
-  const HitMiss hit_miss[] = {
-      {"get", t.get_hits, t.get_misses},       {"delete", t.delete_hits, t.delete_misses},
-      {"incr", t.incr_hits, t.incr_misses},    {"decr", t.decr_hits, t.decr_misses},
-      {"touch", t.touch_hits, t.touch_misses}, {"cas", t.cas_hits, t.cas_misses}};
-  // Each family's samples must be contiguous in the text format.
-  Family(&out, "petracache_command_hits_total", "counter",
-         "Commands that found their key (get counts keys).");
-  for (const HitMiss& h : hit_miss) {
-    Sample(&out, "petracache_command_hits_total", absl::StrFormat("command=\"%s\"", h.command),
-           h.hits);
-  }
-  Family(&out, "petracache_command_misses_total", "counter",
-         "Commands that did not find their key (get counts keys).");
-  for (const HitMiss& h : hit_miss) {
-    Sample(&out, "petracache_command_misses_total", absl::StrFormat("command=\"%s\"", h.command),
-           h.misses);
-  }
-
-  const CounterFamily families[] = {
-      {"petracache_get_keys_total", "Keys looked up by get/gets/gat/gats.",
-       &engine::EngineTotals::cmd_get},
-      {"petracache_cas_badval_total", "cas commands whose token no longer matched.",
-       &engine::EngineTotals::cas_badval},
-      {"petracache_expired_on_read_total", "Reads that found an item past its exptime.",
-       &engine::EngineTotals::get_expired},
-      {"petracache_flushed_on_read_total", "Reads that found an item invalidated by flush_all.",
-       &engine::EngineTotals::get_flushed},
-      {"petracache_items_stored_total", "Items written by storage commands.",
-       &engine::EngineTotals::total_items},
-      {"petracache_protocol_errors_total",
-       "Requests answered with ERROR/CLIENT_ERROR/SERVER_ERROR "
-       "by the protocol layer.",
-       &engine::EngineTotals::protocol_errors},
-      {"petracache_storage_errors_total", "Storage calls that failed (replied SERVER_ERROR).",
-       &engine::EngineTotals::storage_errors},
-  };
-  for (const CounterFamily& f : families) {
-    Family(&out, f.name, "counter", f.help);
-    Sample(&out, f.name, "", t.*(f.field));
-  }
+  LabeledFamily(&out, "petracache_commands_total", "counter",
+                "Commands executed, by command family.", "command", commands);
+  LabeledFamily(&out, "petracache_command_hits_total", "counter",
+                "Commands that found their key (get counts keys).", "command",
+                {{"get", t.get_hits},
+                 {"delete", t.delete_hits},
+                 {"incr", t.incr_hits},
+                 {"decr", t.decr_hits},
+                 {"touch", t.touch_hits},
+                 {"cas", t.cas_hits}});
+  LabeledFamily(&out, "petracache_command_misses_total", "counter",
+                "Commands that did not find their key (get counts keys).", "command",
+                {{"get", t.get_misses},
+                 {"delete", t.delete_misses},
+                 {"incr", t.incr_misses},
+                 {"decr", t.decr_misses},
+                 {"touch", t.touch_misses},
+                 {"cas", t.cas_misses}});
+  Metric(&out, "petracache_get_keys_total", "counter", "Keys looked up by get/gets/gat/gats.",
+         t.cmd_get);
+  Metric(&out, "petracache_cas_badval_total", "counter",
+         "cas commands whose token no longer matched.", t.cas_badval);
+  Metric(&out, "petracache_expired_on_read_total", "counter",
+         "Reads that found an item past its exptime.", t.get_expired);
+  Metric(&out, "petracache_flushed_on_read_total", "counter",
+         "Reads that found an item invalidated by flush_all.", t.get_flushed);
+  Metric(&out, "petracache_items_stored_total", "counter", "Items written by storage commands.",
+         t.total_items);
+  Metric(&out, "petracache_protocol_errors_total", "counter",
+         "Requests answered with ERROR/CLIENT_ERROR/SERVER_ERROR by the protocol layer.",
+         t.protocol_errors);
+  Metric(&out, "petracache_storage_errors_total", "counter",
+         "Storage calls that failed (replied SERVER_ERROR).", t.storage_errors);
 
   Family(&out, "petracache_command_duration_seconds", "histogram",
          "Time to execute a command in the engine, by command family.");
@@ -132,37 +133,32 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
            absl::StrFormat("command=\"%s\"", command), cumulative);
   }
 
-  Family(&out, "petracache_connections", "gauge", "Open client connections.");
-  Sample(&out, "petracache_connections", "", s.curr_connections);
-  Family(&out, "petracache_connections_total", "counter", "Client connections accepted.");
-  Sample(&out, "petracache_connections_total", "", s.total_connections);
-  Family(&out, "petracache_connections_rejected_total", "counter",
-         "Connections refused over max_connections.");
-  Sample(&out, "petracache_connections_rejected_total", "", s.rejected_connections);
-  Family(&out, "petracache_read_bytes_total", "counter", "Bytes received from clients.");
-  Sample(&out, "petracache_read_bytes_total", "", s.bytes_read);
-  Family(&out, "petracache_written_bytes_total", "counter", "Bytes sent to clients.");
-  Sample(&out, "petracache_written_bytes_total", "", s.bytes_written);
-  Family(&out, "petracache_items", "gauge",
-         "Estimated items on disk (RocksDB's estimate; includes not yet compacted dead items).");
-  Sample(&out, "petracache_items", "", store.approximate_items);
-  Family(&out, "petracache_compaction_dropped_items_total", "counter",
-         "Dead items the TTL compaction filter dropped since start.");
-  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"expired\"",
-         store.compaction_dropped_expired);
-  Sample(&out, "petracache_compaction_dropped_items_total", "reason=\"flushed\"",
-         store.compaction_dropped_flushed);
-  Family(&out, "petracache_hot_cache_lookups_total", "counter",
-         "Reads of the in-memory hot-item tier, by result.");
-  Sample(&out, "petracache_hot_cache_lookups_total", "result=\"hit\"", store.hot_cache_hits);
-  Sample(&out, "petracache_hot_cache_lookups_total", "result=\"miss\"", store.hot_cache_misses);
-  Family(&out, "petracache_hot_cache_bytes", "gauge", "Bytes held by the hot-item tier.");
-  Sample(&out, "petracache_hot_cache_bytes", "", store.hot_cache_bytes);
-  Family(&out, "petracache_hot_cache_items", "gauge", "Items held by the hot-item tier.");
-  Sample(&out, "petracache_hot_cache_items", "", store.hot_cache_items);
-  Family(&out, "petracache_hot_cache_evictions_total", "counter",
-         "Items dropped from the hot tier for space (they stay on disk).");
-  Sample(&out, "petracache_hot_cache_evictions_total", "", store.hot_cache_evictions);
+  Metric(&out, "petracache_connections", "gauge", "Open client connections.", s.curr_connections);
+  Metric(&out, "petracache_connections_total", "counter", "Client connections accepted.",
+         s.total_connections);
+  Metric(&out, "petracache_connections_rejected_total", "counter",
+         "Connections refused over max_connections.", s.rejected_connections);
+  Metric(&out, "petracache_read_bytes_total", "counter", "Bytes received from clients.",
+         s.bytes_read);
+  Metric(&out, "petracache_written_bytes_total", "counter", "Bytes sent to clients.",
+         s.bytes_written);
+  Metric(&out, "petracache_items", "gauge",
+         "Estimated items on disk (RocksDB's estimate; includes not yet compacted dead items).",
+         store.approximate_items);
+  LabeledFamily(&out, "petracache_compaction_dropped_items_total", "counter",
+                "Dead items the TTL compaction filter dropped since start.", "reason",
+                {{"expired", store.compaction_dropped_expired},
+                 {"flushed", store.compaction_dropped_flushed}});
+  LabeledFamily(&out, "petracache_hot_cache_lookups_total", "counter",
+                "Reads of the in-memory hot-item tier, by result.", "result",
+                {{"hit", store.hot_cache_hits}, {"miss", store.hot_cache_misses}});
+  Metric(&out, "petracache_hot_cache_bytes", "gauge", "Bytes held by the hot-item tier.",
+         store.hot_cache_bytes);
+  Metric(&out, "petracache_hot_cache_items", "gauge", "Items held by the hot-item tier.",
+         store.hot_cache_items);
+  Metric(&out, "petracache_hot_cache_evictions_total", "counter",
+         "Items dropped from the hot tier for space (they stay on disk).",
+         store.hot_cache_evictions);
 
   // RocksDB health: counters end in _total, sizes in _bytes.
   for (const auto& [name, value] : rocksdb) {
