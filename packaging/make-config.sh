@@ -1,7 +1,7 @@
 #!/bin/sh
 # make-config.sh SAMPLE OUT: derive the packaged /etc/petracache/petracache.ini from the
 # repository's sample petracache.ini, so every key stays documented as the sample documents it.
-# Exactly two settings differ (db_path, user) and a header names the packaged layout; each
+# Exactly three settings differ (db_path, backup_dir, user) and a header names the packaged layout; each
 # substitution must match exactly one line, so a renamed key fails the package build instead of
 # silently shipping the development default.
 set -eu
@@ -21,6 +21,7 @@ expect_one() {
   fi
 }
 expect_one '^db_path = '
+expect_one '^backup_dir = *$'
 expect_one '^user = *$'
 
 tmp="$out.tmp.$$"
@@ -28,11 +29,13 @@ tmp="$out.tmp.$$"
   echo '; Installed by the petracache package as /etc/petracache/petracache.ini (a conffile: your'
   echo '; edits are kept on upgrade). petracache.service runs "petracache --config" on this file as'
   echo '; user petracache; after a change run "systemctl restart petracache" (there is no reload).'
-  echo '; Compared with the upstream sample only [storage] db_path and [server] user differ; user'
+  echo '; Compared with the upstream sample only [storage] db_path and backup_dir (both inside the'
+  echo '; service'"'"'s one writable directory, /var/lib/petracache) and [server] user differ; user'
   echo '; matters only when petracache is started by hand as root (the service is not root).'
   echo ';'
   sed \
-    -e 's|^db_path = .*$|db_path = /var/lib/petracache|' \
+    -e 's|^db_path = .*$|db_path = /var/lib/petracache/db|' \
+    -e 's|^backup_dir = *$|backup_dir = /var/lib/petracache/backups|' \
     -e 's|^user = *$|user = petracache|' \
     "$sample"
 } >"$tmp"

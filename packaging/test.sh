@@ -169,7 +169,8 @@ packaged = packaged[start:]
 if len(sample) != len(packaged):
     sys.exit(f"line count differs: sample {len(sample)}, packaged {len(packaged)}")
 diffs = [(a, b) for a, b in zip(sample, packaged) if a != b]
-expected = {("db_path = ./data/rocksdb", "db_path = /var/lib/petracache"), ("user =", "user = petracache")}
+expected = {("db_path = ./data/rocksdb", "db_path = /var/lib/petracache/db"),
+            ("backup_dir =", "backup_dir = /var/lib/petracache/backups"), ("user =", "user = petracache")}
 if set(diffs) != expected or len(diffs) != 2:
     sys.exit(f"unexpected differences: {diffs}")
 EOF
@@ -321,7 +322,7 @@ fi
 sed 's/^/     | /' "$TMP/server1.log" | head -n 20
 check "log lines carry journald priorities (<N>)" grep -q '^<[0-7]>' "$TMP/server1.log"
 check "data files in /var/lib/petracache are owned by petracache" \
-  bash -c "test -f /var/lib/petracache/CURRENT && test -z \"\$(find /var/lib/petracache ! -user petracache)\""
+  bash -c "test -f /var/lib/petracache/db/CURRENT && test -z \"\$(find /var/lib/petracache ! -user petracache)\""
 
 log "restart: the item persists"
 start_server "$TMP/server2.log"
@@ -407,13 +408,13 @@ else
 fi
 check "upgrade kept the edited conffile" grep -qx '; edited by packaging/test.sh' /etc/petracache/petracache.ini
 check "upgrade left no .dpkg-new/.dpkg-dist" bash -c "! ls /etc/petracache/*.dpkg-* 2>/dev/null | grep ."
-check "upgrade kept the data" test -f /var/lib/petracache/CURRENT
+check "upgrade kept the data" test -f /var/lib/petracache/db/CURRENT
 
 # ---------------------------------------------------------------- remove, purge
 log "dpkg -r"
 check "dpkg -r petracache" dpkg -r petracache
 check "binary removed" test ! -e /usr/bin/petracache
-check "remove kept the data directory and its data" test -f /var/lib/petracache/CURRENT
+check "remove kept the data directory and its data" test -f /var/lib/petracache/db/CURRENT
 check "remove kept the conffile" test -f /etc/petracache/petracache.ini
 log "dpkg -P"
 check "dpkg -P petracache" dpkg -P petracache

@@ -184,6 +184,29 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
   return out;
 }
 
+absl::StatusOr<std::string> RequestBackup(const std::string& admin_addr) {
+  std::string host;
+  int port = 0;
+  if (!SplitHostPort(admin_addr, &host, &port) || port == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "[metrics] listen_addr \"%s\": need host:port to reach the server", admin_addr));
+  }
+  httplib::Client client(host, port);
+  client.set_connection_timeout(5, 0);
+  client.set_read_timeout(600, 0);  // a checkpoint of a large database can take a while
+  httplib::Result res = client.Post("/backup");
+  if (!res) {
+    return absl::UnavailableError(absl::StrFormat(
+        "cannot reach petracache's admin endpoint at %s (is the server running with [metrics] "
+        "enabled?)",
+        admin_addr));
+  }
+  std::string body = res->body;
+  while (!body.empty() && body.back() == '\n') body.pop_back();
+  if (res->status != 200) return absl::InternalError(body);
+  return body;
+}
+
 struct AdminServer::Impl {
   httplib::Server http;
   std::thread thread;
@@ -230,6 +253,17 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
     res.set_content(RenderMetrics(sources.engine_totals(), sources.server_stats(),
                                   sources.store_stats(), sources.storage_properties()),
                     "text/plain; version=0.0.4; charset=utf-8");
+  });
+
+  // POST only, so a crawler or a browser prefetch never writes a checkpoint.
+  http.Post("/backup", [sources](const httplib::Request&, httplib::Response& res) {
+    absl::StatusOr<std::string> dir = sources.backup();
+    if (dir.ok()) {
+      res.set_content(*dir + "\n", "text/plain");
+    } else {
+      res.status = 500;
+      res.set_content(std::string(dir.status().message()) + "\n", "text/plain");
+    }
   });
 
   int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);

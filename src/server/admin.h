@@ -25,7 +25,13 @@ struct AdminSources {
   // RocksDB health figures (name, value), from RocksDbStore::Properties().
   std::function<std::vector<std::pair<std::string, uint64_t>>()> storage_properties;
   std::function<storage::StoreStats()> store_stats;
+  // Takes a consistent checkpoint of the database; returns its directory.
+  std::function<absl::StatusOr<std::string>()> backup;
 };
+
+// Asks the server whose admin endpoint listens on `admin_addr` for a checkpoint
+// (POST /backup); returns the checkpoint's directory. Used by `petracache --backup`.
+[[nodiscard]] absl::StatusOr<std::string> RequestBackup(const std::string& admin_addr);
 
 // Renders the Prometheus text exposition (version 0.0.4).
 std::string RenderMetrics(const engine::EngineTotals& totals, const engine::ServerStats& server,

@@ -250,6 +250,8 @@ const std::vector<Key>& Keys() {
                     [](const Config& c) { return absl::StrCat(c.item_size_max); }});
     k.push_back(Size(
         "storage", "hot_cache_size", "", [](auto& c) -> auto& { return c.hot_cache_size; }));
+    k.push_back(Text(
+        "storage", "backup_dir", "", [](auto& c) -> auto& { return c.backup_dir; }));
     // [metrics]
     k.push_back(Flag(
         "metrics", "enabled", "PETRACACHE_METRICS_ENABLED",

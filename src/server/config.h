@@ -44,6 +44,7 @@ struct Config {
   storage::RocksDbStore::Options storage;
   uint64_t item_size_max = 1024 * 1024;         // [storage] item_size_max
   uint64_t hot_cache_size = 256 * 1024 * 1024;  // [storage] hot_cache_size; 0 = no hot tier
+  std::string backup_dir;                       // [storage] backup_dir; "" = <db_path>.backups
   MetricsOptions metrics;
   std::string log_level = "info";
   std::string config_file;  // "" = embedded defaults

@@ -5,6 +5,7 @@
 
 #include "common/logging.h"
 #include "petracache_config.h"
+#include "server/admin.h"
 #include "server/config.h"
 #include "server/server.h"
 
@@ -12,6 +13,7 @@ namespace {
 
 constexpr char kUsage[] =
     "Usage: petracache [--config FILE | FILE] [--log-level LEVEL]\n"
+    "       petracache --backup [--config FILE]\n"
     "       petracache --help | --version\n"
     "\n"
     "A memcached-compatible cache server that keeps every item in RocksDB.\n"
@@ -23,6 +25,8 @@ constexpr char kUsage[] =
     "  -l, --log-level LVL  debug, info, warning or error (also PETRACACHE_LOG_LEVEL)\n"
     "  -h, --help           this text\n"
     "  -V, --version        print the version\n"
+    "      --backup         ask the running server (its [metrics] admin endpoint, from the\n"
+    "                       config) for a consistent checkpoint; prints its directory\n"
     "\n"
     "Environment: PETRACACHE_LISTEN_ADDR, PETRACACHE_MAX_CONNECTIONS, PETRACACHE_DB_PATH,\n"
     "PETRACACHE_METRICS_ADDR, PETRACACHE_METRICS_ENABLED, PETRACACHE_LOG_LEVEL, and\n"
@@ -34,6 +38,7 @@ int main(int argc, char** argv) {
   using petracache::server::Config;
   std::string config_path;
   std::string log_level;
+  bool backup = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -50,6 +55,8 @@ int main(int argc, char** argv) {
       std::printf("petracache %s (memcached protocol %s)\n", PETRACACHE_VERSION,
                   PETRACACHE_MEMCACHED_COMPAT_VERSION);
       return 0;
+    } else if (arg == "--backup") {
+      backup = true;
     } else if (arg == "-c" || arg == "--config") {
       config_path = value("--config");
     } else if (arg.rfind("--config=", 0) == 0) {
@@ -72,6 +79,17 @@ int main(int argc, char** argv) {
   if (!config.ok()) {
     std::fprintf(stderr, "petracache: %s\n", std::string(config.status().message()).c_str());
     return 1;
+  }
+  if (backup) {
+    absl::StatusOr<std::string> dir =
+        petracache::server::RequestBackup(config->metrics.listen_addr);
+    if (!dir.ok()) {
+      std::fprintf(stderr, "petracache: backup failed: %s\n",
+                   std::string(dir.status().message()).c_str());
+      return 1;
+    }
+    std::printf("%s\n", dir->c_str());
+    return 0;
   }
   petracache::LogLevel level = petracache::LogLevel::kInfo;
   (void)petracache::ParseLogLevel(config->log_level, &level);

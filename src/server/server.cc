@@ -9,6 +9,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
+#include <filesystem>
 #include <memory>
 
 #include "absl/strings/str_format.h"
@@ -249,6 +251,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
     storage::RocksDbStore* rocks = server->store_.get();
     sources.storage_properties = [rocks] { return rocks->Properties(); };
     sources.store_stats = [engine] { return engine->store()->GetStats(); };
+    sources.backup = [raw] { return raw->Backup(); };
     absl::StatusOr<std::unique_ptr<AdminServer>> admin =
         AdminServer::Start(c.metrics.listen_addr, std::move(sources));
     if (!admin.ok()) return admin.status();
@@ -286,6 +289,31 @@ engine::ServerStats Server::GetServerStats() const {
     s.bytes_written += l.bytes_written.load(std::memory_order_relaxed);
   }
   return s;
+}
+
+absl::StatusOr<std::string> Server::Backup() {
+  std::lock_guard lock(backup_mu_);
+  std::string root =
+      config_.backup_dir.empty() ? config_.storage.db_path + ".backups" : config_.backup_dir;
+  std::error_code ec;
+  std::filesystem::create_directories(root, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("backup_dir %s: cannot create: %s", root, ec.message()));
+  }
+  char stamp[32];
+  time_t now = time(nullptr);
+  tm utc;
+  gmtime_r(&now, &utc);
+  strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &utc);
+  std::string dir = root + "/petracache-" + stamp;
+  for (int n = 2; std::filesystem::exists(dir); ++n) {
+    dir = root + "/petracache-" + stamp + "-" + std::to_string(n);
+  }
+  absl::Status s = store_->Checkpoint(dir);
+  if (!s.ok()) return s;
+  PC_LOG(kInfo, "backup: checkpoint written to %s", dir);
+  return dir;
 }
 
 bool Server::LoopsAlive(int timeout_ms) {

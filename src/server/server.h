@@ -44,6 +44,9 @@ class Server {
   engine::ServerStats GetServerStats() const;
   // True when every worker loop runs a posted task within timeout_ms.
   bool LoopsAlive(int timeout_ms);
+  // Writes a consistent checkpoint of the database under [storage] backup_dir while serving;
+  // returns its directory.
+  absl::StatusOr<std::string> Backup();
 
  private:
   class Handler;
@@ -60,6 +63,7 @@ class Server {
   std::vector<std::unique_ptr<io::EventLoop>> loops_;
   std::atomic<int64_t> open_connections_{0};
   std::atomic<bool> ready_{false};
+  std::mutex backup_mu_;  // one checkpoint at a time
   int port_ = 0;
 };
 

@@ -24,6 +24,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
+#include "rocksdb/utilities/checkpoint.h"
 #include "storage/flush_state_cell.h"
 
 namespace petracache::storage {
@@ -561,6 +562,15 @@ absl::Status RocksDbStore::CompactAll() {
 absl::Status RocksDbStore::Flush() {
   return FromRocks(impl_->db->Flush(rocksdb::FlushOptions(), {impl_->items_cf, impl_->meta_cf}),
                    absl::StrCat("flushing '", impl_->options.db_path, "'"));
+}
+
+absl::Status RocksDbStore::Checkpoint(const std::string& dir) {
+  rocksdb::Checkpoint* raw = nullptr;
+  rocksdb::Status s = rocksdb::Checkpoint::Create(impl_->db.get(), &raw);
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  if (s.ok()) s = checkpoint->CreateCheckpoint(dir);
+  return FromRocks(s,
+                   absl::StrCat("checkpoint of '", impl_->options.db_path, "' into '", dir, "'"));
 }
 
 std::vector<std::pair<std::string, uint64_t>> RocksDbStore::Properties() const {

@@ -76,6 +76,10 @@ class RocksDbStore final : public Store {
   [[nodiscard]] absl::Status CompactAll();
   // Flushes all memtables to SST files and waits for it.
   [[nodiscard]] absl::Status Flush();
+  // Writes a consistent, openable copy of the database into `dir` (which must not exist yet)
+  // while the store keeps serving: SST files are hard-linked when on the same filesystem,
+  // the WAL is copied. Restore by pointing db_path at the copy.
+  [[nodiscard]] absl::Status Checkpoint(const std::string& dir);
   // Numeric RocksDB health values (snake_case names) for `stats` and /metrics: block cache
   // usage/capacity/hits/misses, memtable bytes, key estimate, live SST bytes, pending
   // compaction bytes, write stall micros, background errors, WAL syncs.

@@ -139,6 +139,34 @@ TEST_F(RocksDbStoreTest, ReopenFindsEveryItem) {
   EXPECT_EQ(Records(), written.size());
 }
 
+TEST_F(RocksDbStoreTest, CheckpointIsAConsistentOpenableCopy) {
+  Reopen();
+  const int64_t now = clock_.Now();
+  PC_ASSERT_OK(
+      store_->Put("flushed", ItemHeader{.flags = 1, .cas = Cas(), .write_time = now}, "in an SST"));
+  PC_ASSERT_OK(store_->Flush());
+  PC_ASSERT_OK(store_->Put("recent", ItemHeader{.flags = 2, .cas = Cas(), .write_time = now},
+                           "only in the WAL"));
+  PC_ASSERT_OK(store_->SetFlushState(FlushState{.oldest_live = 5, .oldest_cas = 0}));
+  const std::string copy = dir_.path() + "/backup";
+  PC_ASSERT_OK(store_->Checkpoint(copy));
+  // Writes after the checkpoint are not in it; the original keeps serving.
+  PC_ASSERT_OK(store_->Put("later", ItemHeader{.cas = Cas(), .write_time = now}, "x"));
+  EXPECT_FALSE(store_->Checkpoint(copy).ok()) << "an existing directory must not be reused";
+
+  RocksDbStore::Options options = DefaultOptions();
+  options.db_path = copy;
+  Reopen(options);
+  std::string value;
+  ItemHeader header;
+  ASSERT_EQ(Lookup("flushed", &header, &value), LookupStatus::kFound);
+  EXPECT_EQ(value, "in an SST");
+  ASSERT_EQ(Lookup("recent", &header, &value), LookupStatus::kFound);
+  EXPECT_EQ(header.flags, 2u);
+  EXPECT_EQ(Lookup("later"), LookupStatus::kNotFound);
+  EXPECT_EQ(store_->GetFlushState().oldest_live, 5);
+}
+
 TEST_F(RocksDbStoreTest, CasStrictlyIncreasesAcrossReopens) {
   uint64_t highest = 0;
   for (int run = 0; run < 5; ++run) {
