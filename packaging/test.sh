@@ -156,7 +156,7 @@ check "Depends has adduser and the shared libraries" \
 
 mkdir -p "$TMP/deb-root"
 dpkg-deb -x "$deb" "$TMP/deb-root"
-# The packaged config must equal the sample except for the header, db_path and user.
+# The packaged config must equal the sample except for the header, db_path, backup_dir and user.
 cat >"$TMP/config_diff.py" <<'EOF'
 import sys
 sample = open(sys.argv[1]).read().splitlines()
@@ -171,10 +171,10 @@ if len(sample) != len(packaged):
 diffs = [(a, b) for a, b in zip(sample, packaged) if a != b]
 expected = {("db_path = ./data/rocksdb", "db_path = /var/lib/petracache/db"),
             ("backup_dir =", "backup_dir = /var/lib/petracache/backups"), ("user =", "user = petracache")}
-if set(diffs) != expected or len(diffs) != 2:
+if set(diffs) != expected or len(diffs) != len(expected):
     sys.exit(f"unexpected differences: {diffs}")
 EOF
-check "packaged petracache.ini = sample + header, db_path, user" \
+check "packaged petracache.ini = sample + header, db_path, backup_dir, user" \
   "$PY" "$TMP/config_diff.py" "$SRCROOT/petracache.ini" "$TMP/deb-root/etc/petracache/petracache.ini"
 check "packaged unit is packaging/petracache.service" \
   cmp "$SRCROOT/packaging/petracache.service" "$TMP/deb-root/lib/systemd/system/petracache.service"
