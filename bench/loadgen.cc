@@ -310,6 +310,7 @@ struct WorkerResult {
   uint64_t prefill_sets = 0;
   uint64_t prefill_errors = 0;
   bool connect_failed = false;
+  bool prefill_failed = false;  // the server stayed unreachable during the prefill
 };
 
 // What the threads share: the phase barrier and the time the load phase began.
@@ -324,6 +325,7 @@ struct Shared {
   std::barrier<StampLoadStart> prefill_done;
   std::atomic<uint64_t> load_start{0};
   std::atomic<double> load_start_wall{0.0};
+  std::atomic<int> running{0};  // workers that have not returned yet
 };
 void StampLoadStart::operator()() noexcept {
   // The last thread to finish prefilling opens the load phase for all of them.
@@ -344,6 +346,7 @@ struct Connection {
   int index = 0;  // global, 0..connections-1
   int fd = -1;
   uint64_t reconnect_at = 0;
+  uint64_t down_since = 0;  // when the connection failed (0 while connected)
 
   // Requests in flight, oldest first: a ring of `window` slots, each with room for the keys
   // of one multi-get in `ring_keys`.
@@ -413,11 +416,12 @@ class Worker {
     }
     if (!result_.connect_failed && o_.prefill) Prefill();
     shared_->prefill_done.arrive_and_wait();
-    if (!result_.connect_failed && o_.duration > 0) Load();
+    if (!result_.connect_failed && !result_.prefill_failed && o_.duration > 0) Load();
     for (auto& c : conns_) {
       if (c->fd >= 0) close(c->fd);
     }
     close(epfd_);
+    shared_->running.fetch_sub(1, std::memory_order_release);
   }
 
   WorkerResult& result() { return result_; }
@@ -451,6 +455,7 @@ class Worker {
       std::exit(1);
     }
     c->fd = fd;
+    c->down_since = 0;
     c->head = 0;
     c->count = 0;
     c->out.clear();
@@ -469,6 +474,7 @@ class Worker {
     result_.dropped += c->count;
     if (phase_ == Phase::kPrefill) result_.prefill_errors += c->count;
     c->count = 0;
+    if (c->down_since == 0) c->down_since = now;
     ++result_.conn_errors;
     c->reconnect_at = now + static_cast<uint64_t>(o_.reconnect_ms * 1e6);
   }
@@ -698,6 +704,7 @@ class Worker {
   }
 
   void Prefill() {
+    const auto timeout = static_cast<uint64_t>(o_.connect_timeout * kNanosPerSecond);
     phase_ = Phase::kPrefill;
     load_start_ = NowNanos();
     for (auto& c : conns_) Fill(c.get(), NowNanos());
@@ -710,6 +717,14 @@ class Worker {
       if (done) return;
       const uint64_t now = NowNanos();
       Reconnect(now);
+      // The load phase keeps retrying (a server restart is part of some runs); a prefill
+      // that cannot reach the server for --connect-timeout gives up.
+      for (auto& c : conns_) {
+        if (c->fd < 0 && now - c->down_since > timeout) {
+          result_.prefill_failed = true;
+          return;
+        }
+      }
       for (auto& c : conns_) {
         if (c->fd >= 0 && c->count == 0) Fill(c.get(), now);
       }
@@ -855,6 +870,7 @@ int Main(int argc, char** argv) {
   }
   const uint64_t begin = NowNanos();
   std::vector<std::thread> threads;
+  shared.running.store(o.threads, std::memory_order_relaxed);
   for (auto& w : workers) threads.emplace_back([&w]() { w->Run(); });
 
   // CPU time of the measured window: sampled when it opens and closes.
@@ -867,11 +883,14 @@ int Main(int argc, char** argv) {
   double cpu_start = 0;
   double cpu_end = 0;
   if (o.duration > 0) {
-    // Sleeps until t or a stop signal, whichever comes first.
-    const auto sleep_until = [](uint64_t t) {
+    // Sleeps until t, a stop signal, or the workers' end (a failed prefill), whichever is first.
+    const auto sleep_until = [&shared](uint64_t t) {
       for (;;) {
         const uint64_t now = NowNanos();
-        if (now >= t || now >= g_stop_at.load(std::memory_order_relaxed)) return;
+        if (now >= t || now >= g_stop_at.load(std::memory_order_relaxed) ||
+            shared.running.load(std::memory_order_acquire) == 0) {
+          return;
+        }
         std::this_thread::sleep_for(
             std::chrono::nanoseconds(std::min<uint64_t>(t - now, 10'000'000)));
       }
@@ -885,6 +904,7 @@ int Main(int argc, char** argv) {
 
   WorkerResult total;
   bool connect_failed = false;
+  bool prefill_failed = false;
   for (auto& w : workers) {
     WorkerResult& r = w->result();
     total.measured.Add(r.measured);
@@ -900,6 +920,12 @@ int Main(int argc, char** argv) {
     total.prefill_sets += r.prefill_sets;
     total.prefill_errors += r.prefill_errors;
     connect_failed = connect_failed || r.connect_failed;
+    prefill_failed = prefill_failed || r.prefill_failed;
+  }
+  if (prefill_failed) {
+    std::fprintf(stderr, "petracache-loadgen: lost %s during the prefill for over %.1f s\n",
+                 o.server.c_str(), o.connect_timeout);
+    return 1;
   }
   if (connect_failed) {
     std::fprintf(stderr, "petracache-loadgen: cannot connect to %s within %.1f s\n",

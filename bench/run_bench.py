@@ -400,6 +400,14 @@ def idle_connections_rss(server, count, timeout=30.0):
     return before, during
 
 
+def check_exit(results, server, rc, seconds):
+    """A graceful stop must exit 0; anything else is recorded as a warning in the report."""
+    if rc not in (0, None):
+        w = f"{server.name} exited with {rc} after SIGTERM ({seconds:.2f} s)"
+        results["warnings"].append(w)
+        log(f"warning: {w}; log tail:\n{server.log_tail()}")
+
+
 def run_comparisons(args, workdir, results):
     for name, title, shape in COMPARISONS:
         if name not in args.workloads:
@@ -414,23 +422,19 @@ def run_comparisons(args, workdir, results):
                     server.start()
                     pre = prefill(args, server, shape)
                     settle(server, args.settle)
-                    rss_prefilled = proc_rss_kib(server.pid)
+                    if name == "headline" and rep == 0 and "rss" in args.workloads:
+                        # Before the measured run, while the prefilled server is idle.
+                        before, during = idle_connections_rss(server, args.idle_connections)
+                        rss[kind] = {"prefilled_kib": before, "with_conns_kib": during,
+                                     "per_conn_kib": (during - before) / args.idle_connections}
+                        log(f"[rss {kind}] prefilled {before} KiB; "
+                            f"{args.idle_connections} idle connections add "
+                            f"{during - before} KiB")
                     r = measure(args, server, shape, f"{name} {kind} rep {rep + 1}")
                     r["prefill_result"] = pre
                     runs[kind].append(r)
-                    if name == "headline" and rep == 0 and "rss" in args.workloads:
-                        before, during = idle_connections_rss(server, args.idle_connections)
-                        rss[kind] = {"prefilled_kib": rss_prefilled, "before_conns_kib": before,
-                                     "with_conns_kib": during,
-                                     "per_conn_kib": (during - before) / args.idle_connections}
-                        log(f"[rss {kind}] prefilled {rss_prefilled} KiB; "
-                            f"{args.idle_connections} idle connections add "
-                            f"{during - before} KiB")
                 finally:
-                    rc, _ = server.stop()
-                    if kind == "petracache" and rc not in (0, None):
-                        log(f"{server.name} exited with {rc} on SIGTERM; log:\n"
-                            f"{server.log_tail()}")
+                    check_exit(results, server, *server.stop())
                     shutil.rmtree(getattr(server, "db_path", ""), ignore_errors=True)
         results["comparisons"].append({"name": name, "title": title, "shape": shape,
                                        "runs": runs})
@@ -460,7 +464,7 @@ def run_durability(args, workdir, results):
                 server.start()
                 prefill(args, server, WRITE_HEAVY)
                 if mode != "none":
-                    server.stop()
+                    check_exit(results, server, *server.stop())
                     server.durability = mode
                     server.start()
                 settle(server, args.settle)
@@ -468,7 +472,7 @@ def run_durability(args, workdir, results):
                                           f"write-heavy petracache durability={mode} "
                                           f"rep {rep + 1}"))
             finally:
-                server.stop()
+                check_exit(results, server, *server.stop())
                 shutil.rmtree(server.db_path, ignore_errors=True)
     results["durability"] = runs
 
@@ -500,7 +504,7 @@ def run_large(args, workdir, results):
         rss = proc_rss_kib(server.pid)
         sst = r["during"].get("metrics", {}).get("petracache_rocksdb_live_sst_bytes")
     finally:
-        server.stop()
+        check_exit(results, server, *server.stop())
         shutil.rmtree(server.db_path, ignore_errors=True)
     results["large"] = {"cache_mib": cache_mib, "keys": keys, "shape": shape, "runs": runs,
                         "rss_kib": rss, "sst_bytes": sst, "prefill": pre}
@@ -528,6 +532,7 @@ def run_restart(args, workdir, results):
                 events["stop_wall"] = time.time()
                 rc, took = server.stop()
                 events["stop_rc"], events["stop_seconds"] = rc, took
+                check_exit(results, server, rc, took)
                 # The old listener may linger a moment after exit: retry a few times.
                 for attempt in range(3):
                     try:
@@ -547,7 +552,7 @@ def run_restart(args, workdir, results):
                             timeout=args.restart_before + args.restart_after + 300,
                             label=f"restart {kind}", during=restart)
         finally:
-            server.stop()
+            check_exit(results, server, *server.stop())
             shutil.rmtree(getattr(server, "db_path", ""), ignore_errors=True)
         ev = r["during"]
         step = r["timeline_interval_s"]
@@ -686,15 +691,14 @@ def render(args, results):
 
     if results.get("rss"):
         md.append("## memory (RSS)\n\n"
-                  "VmRSS of the server process after the headline prefill (100k × 1000 B), "
-                  f"and the growth while {args.idle_connections} idle connections (each having "
-                  "sent one `version`) are open.\n\n"
-                  "| server | after prefill MiB | before connections MiB | with connections MiB "
-                  "| per connection KiB |\n| --- | ---: | ---: | ---: | ---: |\n")
+                  "VmRSS of the server process after the headline prefill (100k × 1000 B) "
+                  f"once it is idle, and while {args.idle_connections} idle connections (each "
+                  "having sent one `version`) are open, before the measured run.\n\n"
+                  "| server | after prefill MiB | with connections MiB | per connection KiB |\n"
+                  "| --- | ---: | ---: | ---: |\n")
         for kind, r in results["rss"].items():
             md.append(f"| {kind} | {fmt(r['prefilled_kib'] / 1024)} | "
-                      f"{fmt(r['before_conns_kib'] / 1024)} | {fmt(r['with_conns_kib'] / 1024)} "
-                      f"| {fmt(r['per_conn_kib'])} |\n")
+                      f"{fmt(r['with_conns_kib'] / 1024)} | {fmt(r['per_conn_kib'])} |\n")
         md.append("\n")
 
     if results.get("restart"):
