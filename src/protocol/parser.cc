@@ -99,9 +99,9 @@ ParseResult Parser::Parse(std::string_view input, Command* cmd) {
     skipped = std::min(swallow_, input.size());
     swallow_ -= skipped;
     input.remove_prefix(skipped);
-    if (swallow_ > 0) return {ParseStatus::kNeedMore, skipped};
+    if (swallow_ > 0) return {ParseStatus::kNeedMore, skipped, skipped};
   }
-  if (input.empty()) return {ParseStatus::kNeedMore, skipped};
+  if (input.empty()) return {ParseStatus::kNeedMore, skipped, skipped};
 
   const void* newline = std::memchr(input.data(), '\n', input.size());
   if (newline == nullptr) {
@@ -112,14 +112,15 @@ ParseResult Parser::Parse(std::string_view input, Command* cmd) {
       std::string_view at = input.substr(p);
       bool is_get = p <= 100 && (StartsWith(at, "get ") || StartsWith(at, "gets "));
       if (!is_get || input.size() > options_.max_get_line) {
-        return {ParseStatus::kClose, skipped};
+        return {ParseStatus::kClose, skipped, skipped};
       }
     }
-    return {ParseStatus::kNeedMore, skipped};
+    return {ParseStatus::kNeedMore, skipped, skipped};
   }
   size_t line_end = static_cast<size_t>(static_cast<const char*>(newline) - input.data());
   ParseResult r = ParseLine(input, line_end, line_end + 1, cmd);
   r.consumed += skipped;
+  r.skipped = skipped;
   return r;
 }
 

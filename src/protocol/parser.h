@@ -27,6 +27,9 @@ enum class ParseStatus {
 struct ParseResult {
   ParseStatus status;
   size_t consumed;
+  // Of `consumed`, the leading bytes that were the rest of a swallowed (too large) data block;
+  // the request itself is the remaining consumed - skipped bytes.
+  size_t skipped = 0;
 };
 
 class Parser {

@@ -58,7 +58,8 @@ SessionResult Session::Process(std::string_view input, std::string* out) {
       outcome = engine_->Execute(command_, ctx);
     }
     if (outcome == engine::Outcome::kWouldBlock) {
-      disk_request_.assign(input.substr(pos, r.consumed));
+      // The request only: not the tail of a swallowed data block parsed before it.
+      disk_request_.assign(input.substr(pos + r.skipped, r.consumed - r.skipped));
       return {pos + r.consumed, SessionAction::kNeedDisk};
     }
     pos += r.consumed;

@@ -78,6 +78,20 @@ TEST_F(SessionTest, DiskBoundRequestIsHandedOverAndAnsweredInOrder) {
   EXPECT_EQ(out, "STORED\r\nEND\r\nVALUE cold 0 1\r\nc\r\nEND\r\nEND\r\n");
 }
 
+TEST_F(SessionTest, DiskRequestAfterASwallowedBlockIsOnlyTheRequest) {
+  SessionOptions options;
+  options.parser.item_size_max = 100;
+  Session session(&engine_, stats_, options);
+  std::string out;
+  std::string big(200, 'x');
+  std::string in = "set big 0 0 200\r\n" + big + "\r\nget cold\r\n";
+  SessionResult r = session.Process(in, &out);
+  ASSERT_EQ(r.action, SessionAction::kNeedDisk);
+  EXPECT_EQ(r.consumed, in.size());
+  EXPECT_EQ(session.disk_request(), "get cold\r\n");
+  EXPECT_EQ(out, "SERVER_ERROR object too large for cache\r\n");
+}
+
 TEST_F(SessionTest, OffloadedWritesInSyncMode) {
   SessionOptions options;
   options.offload_writes = true;
