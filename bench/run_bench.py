@@ -371,10 +371,44 @@ def make_server(args, workdir, kind, tag, **kwargs):
     return PetraCache(args, workdir, name, args.threads, **kwargs)
 
 
-def idle_connections_rss(server, count, timeout=30.0):
-    """Opens `count` connections, each answering one `version`, holds them, and returns the
-    server's RSS (KiB) before and while they are open."""
-    before = proc_rss_kib(server.pid)
+def stable_rss_kib(pid, max_seconds=5.0):
+    """VmRSS once it stops moving (allocators return freed memory a while after a burst of
+    work; a connection's few KiB would drown in that): two samples 0.25 s apart within
+    64 KiB, or the last sample after max_seconds."""
+    deadline = time.monotonic() + max_seconds
+    last = proc_rss_kib(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = proc_rss_kib(pid)
+        if abs(now - last) <= 64:
+            return now
+        last = now
+    return last
+
+
+# Of the idle connections, those opened first (see idle_connections_rss). memcached's
+# default limit (-c 1024) counts file descriptors, so the total stays at `count`.
+WAKE_CONNECTIONS = 16
+
+
+def idle_connections_rss(server, count):
+    """Returns the server's RSS (KiB) with WAKE_CONNECTIONS idle connections open, and with
+    `count` open; the growth is per count - WAKE_CONNECTIONS connections.
+    A few connections are opened first and kept open, only to wake the server's allocator:
+    mimalloc, for one, returns memory freed during the prefill only when the owning thread
+    allocates again, and that release (megabytes) would otherwise be charged, negatively, to
+    the connections. (Closing them first would let the measured ones reuse their memory.)"""
+    def measured():
+        before = stable_rss_kib(server.pid)
+        during = open_idle_connections(server, count - WAKE_CONNECTIONS,
+                                       lambda: stable_rss_kib(server.pid))
+        return before, during
+    return open_idle_connections(server, WAKE_CONNECTIONS, measured)
+
+
+def open_idle_connections(server, count, while_open, timeout=30.0):
+    """Opens `count` connections, each answering one `version`; returns while_open()'s value
+    computed while they are all open."""
     socks = []
     deadline = time.monotonic() + timeout
     try:
@@ -392,12 +426,10 @@ def idle_connections_rss(server, count, timeout=30.0):
                 raise BenchError(f"{server.name} answered version with {reply!r}")
             if time.monotonic() > deadline:
                 raise BenchError(f"opening {count} connections took over {timeout:.0f} s")
-        time.sleep(0.5)  # let the server finish any per-connection setup
-        during = proc_rss_kib(server.pid)
+        return while_open()
     finally:
         for s in socks:
             s.close()
-    return before, during
 
 
 def check_exit(results, server, rc, seconds):
@@ -425,11 +457,12 @@ def run_comparisons(args, workdir, results):
                     if name == "headline" and rep == 0 and "rss" in args.workloads:
                         # Before the measured run, while the prefilled server is idle.
                         before, during = idle_connections_rss(server, args.idle_connections)
+                        measured = args.idle_connections - WAKE_CONNECTIONS
                         rss[kind] = {"prefilled_kib": before, "with_conns_kib": during,
-                                     "per_conn_kib": (during - before) / args.idle_connections}
-                        log(f"[rss {kind}] prefilled {before} KiB; "
-                            f"{args.idle_connections} idle connections add "
-                            f"{during - before} KiB")
+                                     "per_conn_kib": (during - before) / measured}
+                        log(f"[rss {kind}] prefilled {before} KiB; {during} KiB with "
+                            f"{args.idle_connections} idle connections "
+                            f"({rss[kind]['per_conn_kib']:.2f} KiB per connection)")
                     r = measure(args, server, shape, f"{name} {kind} rep {rep + 1}")
                     r["prefill_result"] = pre
                     runs[kind].append(r)
@@ -693,12 +726,21 @@ def render(args, results):
         md.append("## memory (RSS)\n\n"
                   "VmRSS of the server process after the headline prefill (100k × 1000 B) "
                   f"once it is idle, and while {args.idle_connections} idle connections (each "
-                  "having sent one `version`) are open, before the measured run.\n\n"
+                  "having sent one `version`) are open, before the measured run. Per "
+                  f"connection: the growth over the last {args.idle_connections - WAKE_CONNECTIONS}"
+                  f" connections (the first {WAKE_CONNECTIONS} wake the allocator; see "
+                  "docs/benchmarks.md).\n\n"
                   "| server | after prefill MiB | with connections MiB | per connection KiB |\n"
                   "| --- | ---: | ---: | ---: |\n")
         for kind, r in results["rss"].items():
+            per_conn = r["per_conn_kib"]
+            if per_conn < 0:  # memory released elsewhere outweighed the connections
+                fell = r["prefilled_kib"] - r["with_conns_kib"]
+                per_conn_text = f"≈ 0 (RSS fell by {fell:,} KiB)"
+            else:
+                per_conn_text = fmt(per_conn, 2)
             md.append(f"| {kind} | {fmt(r['prefilled_kib'] / 1024)} | "
-                      f"{fmt(r['with_conns_kib'] / 1024)} | {fmt(r['per_conn_kib'])} |\n")
+                      f"{fmt(r['with_conns_kib'] / 1024)} | {per_conn_text} |\n")
         md.append("\n")
 
     if results.get("restart"):
@@ -842,7 +884,8 @@ def parse_args(argv):
                    help="comma-separated: memcached,petracache")
     p.add_argument("--large-cache-mib", type=int, default=None,
                    help="block cache of the larger-than-memory workload (64; quick 16)")
-    p.add_argument("--idle-connections", type=int, default=1000)
+    p.add_argument("--idle-connections", type=int, default=1000,
+                   help="idle connections open for the RSS figure (1000, at least 100)")
     p.add_argument("--restart-after", type=float, default=None,
                    help="seconds of hit rate recorded after a restart (30; quick 5)")
     p.add_argument("--petracache", default=os.environ.get(
@@ -862,6 +905,8 @@ def parse_args(argv):
     args.restart_after = args.restart_after or (5.0 if q else 30.0)
     args.restart_before = 2.0 if q else 5.0
     args.settle = 2.0 if q else 20.0
+    if args.idle_connections < 100:
+        p.error("--idle-connections must be at least 100")
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in args.workloads:
         if w not in ALL_WORKLOADS:
