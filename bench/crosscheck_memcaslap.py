@@ -3,7 +3,7 @@
 
 Starts Debian's memcached on the server CPU, then alternately runs memcaslap and
 petracache-loadgen on the client CPU with the same shape (1 thread, 20 connections, 90% get /
-10% set, 1000 B values, 16-byte keys, no pipelining, closed loop) and prints, per tool,
+10% set, 1000 B values, 16-byte keys ("memasl" + 10 digits), no pipelining, closed loop) and prints, per tool,
 throughput, mean latency and the tool's own CPU time per operation. docs/benchmarks.md has
 the result. Usage: bench/crosscheck_memcaslap.py [--loadgen BIN] [--duration S] [--reps N]
 """
@@ -70,7 +70,7 @@ def main():
         loadgen = ["taskset", "-c", args.client_cpus, args.loadgen,
                    "--server", f"127.0.0.1:{server.port}", "--threads", "1",
                    "--connections", "20", "--get-ratio", "0.9", "--value-size", "1000",
-                   "--keys", "200000", "--key-prefix", "memaslap", "--warmup", "0",
+                   "--keys", "200000", "--key-prefix", "memasl", "--warmup", "0",
                    "--duration", str(args.duration)]
         # The load generator's keys exist before it reads them, like memcaslap's.
         run_timed(loadgen[:-2] + ["--duration", "0", "--prefill"], 300)
