@@ -37,6 +37,7 @@ import os
 import random
 import re
 import select
+import signal
 import socket
 import sys
 import time
@@ -45,11 +46,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 ITEM_SIZE_MAX = 64 * 1024
-# memcached refuses -I below its slab chunk size (512 KiB by default), so lower that too.
+# memcached refuses -I below its slab chunk size (512 KiB by default), so lower that too, to
+# the item size limit itself: no item is then "chunked" (memcached never does incr/decr on a
+# chunked item, see test_differential.IncrOnLargeItemTest).
 # no_lru_maintainer: with the segmented LRU, a get queues an asynchronous LRU bump that holds
 # a reference to the item for a while, and memcached then does not update an incr/decr result
 # in place (no space padding of a shorter number): replies would depend on timing.
-MEMCACHED_ARGS = ("-I", "64k", "-o", "slab_chunk_max=32768,no_lru_maintainer", "-m", "1024")
+MEMCACHED_ARGS = ("-I", "64k", "-o", "slab_chunk_max=65536,no_lru_maintainer", "-m", "1024")
 PETRACACHE_CONFIG = {"storage": {"item_size_max": str(ITEM_SIZE_MAX),
                                  "write_buffer_size": "8MiB",
                                  "block_cache_size": "32MiB"}}
@@ -119,12 +122,12 @@ FLAGS_INVALID = [b"-1", b"abc", b"1a", b"0x10", b"18446744073709551616", b"4x"]
 # Every one of these either never expires during a run or is already expired: 0 never;
 # negatives, 32-bit narrowings to negatives and absolute times in the past expire at once;
 # 3600 / 2592000 relative and 2000000000 (2033) absolute outlive any run.
-EXPTIME_VALID = [b"0"] * 6 + [b"-1", b"-1000", b"3600", b"2592000", b"2592001",
+EXPTIME_VALID = [b"0"] * 24 + [b"-1", b"-1000", b"3600", b"2592000", b"2592001",
                               b"1000000000", b"2000000000", b"4294967295", b"2147483648",
                               b"4294970896", b"00", b"-0"]
 EXPTIME_INVALID = [b"abc", b"1a", b"0x1", b"9223372036854775808", b"--1"]
 LENGTH_INVALID = [b"-1", b"abc", b"1a", b"2147483647", b"-2147483648", b"0x1"]
-DELTAS = [b"1"] * 4 + [b"0", b"5", b"100", b"4294967296", b"18446744073709551615",
+DELTAS = [b"1"] * 10 + [b"2", b"3", b"7", b"10", b"1000"] + [b"0", b"5", b"100", b"4294967296", b"18446744073709551615",
                        b"18446744073709551614", b"9223372036854775808", b"00", b"-1",
                        b"abc", b"18446744073709551616", b"1a", b"+1", b"0x5"]
 NUMERIC_VALUES = [b"0", b"1", b"9", b"10", b"99", b"100", b"1000", b"18446744073709551615",
@@ -164,7 +167,7 @@ class Generator:
 
     def key(self):
         rng = self.rng
-        if rng.random() < 0.6:
+        if rng.random() < 0.75:
             return rng.choice(self.keys[:5])
         return rng.choice(self.keys)
 
@@ -242,6 +245,14 @@ class Generator:
         return self.rng.choice(CAS_INVALID)
 
     def op_cas(self):
+        """A cas, half the time right after a gets of its key (so its token can match)."""
+        op = self._op_cas()
+        if isinstance(op.parts[1], CasRef) and self.rng.random() < 0.5:
+            key = op.parts[1].key
+            return [Op([b"gets %s\r\n" % key], "gets", reads=[key]), op]
+        return op
+
+    def _op_cas(self):
         rng = self.rng
         key = self.key()
         flags = rng.choice(FLAGS_VALID)
@@ -365,10 +376,20 @@ class Generator:
             return Op([form % key], "delete")
         return Op([form], "delete")
 
+    def op_counter(self):
+        """A number (or something almost a number) on a key that incr/decr use."""
+        rng = self.rng
+        key = rng.choice([b"n", b"ctr", b"n", b"ctr", b"a"])
+        value = rng.choice(NUMERIC_VALUES)
+        flags = rng.choice([b"0", b"0", b"5"])
+        return Op([b"set %s %s 0 %d%s\r\n" % (key, flags, len(value), self.noreply(0.1)),
+                   value, b"\r\n"], "set-number")
+
     def op_arith(self):
         rng = self.rng
         cmd = rng.choice([b"incr", b"decr"])
-        key = rng.choice([b"n", b"ctr", b"a", b"missing"]) if rng.random() < 0.7 else self.key()
+        r = rng.random()
+        key = rng.choice([b"n", b"ctr"]) if r < 0.7 else b"missing" if r < 0.8 else self.key()
         if rng.random() < 0.04:
             key = self.long_key()
         if rng.random() < 0.04:
@@ -415,7 +436,8 @@ class Generator:
             (self.op_storage, 30), (self.op_cas, 8), (self.op_storage_bad_line, 5),
             (self.op_bad_chunk, 4), (self.op_too_large, 3), (self.op_append_grow, 2),
             (self.op_get, 20), (self.op_gat, 6), (self.op_long_key_get, 1.5),
-            (self.op_delete, 6), (self.op_arith, 9), (self.op_touch, 5), (self.op_flush, 0.8),
+            (self.op_delete, 6), (self.op_counter, 4), (self.op_arith, 9), (self.op_touch, 5),
+            (self.op_flush, 0.5),
             (self.op_misc, 5),
         ]
         total = sum(w for _, w in makers)
@@ -426,7 +448,8 @@ class Generator:
                 x -= w
                 if x <= 0:
                     break
-            ops.append(fn())
+            made = fn()
+            ops.extend(made if isinstance(made, list) else [made])
         if rng.random() < 0.05:
             ops.append(Op([b"quit\r\n"], "quit", quit=True))
         batch_len = 0
@@ -842,13 +865,15 @@ def _esc(data):
     return s
 
 
-def golden_text(outcome, seed, note):
+def golden_text(outcome, seed, note, durability=None):
     """A golden transcript of the sequence, expecting memcached's replies (lane 0)."""
     lines = ["# Differential testing, seed %d: petracache's replies differed from memcached "
              "1.6.18's." % seed,
-             "# Found by tests/integration/differential.py (shrunk). Run with a 64 KiB item "
-             "limit in the",
-             "# generator; the commands here do not depend on it unless noted.",
+             "# Found by tests/integration/differential.py with a 64 KiB item size limit on "
+             "both servers%s;" % (" and petracache durability = %s" % durability
+                                  if durability else ""),
+             "# the golden replayer uses the defaults, so check the reproducer still fails "
+             "there.",
              "# %s" % note, ""]
     names = {}   # key -> latest capture name
     counter = [0]
@@ -903,7 +928,7 @@ class Stats:
 
 
 def check_seed(servers, seed, names, out_dir=None, do_shrink=True, log=print,
-               shrink_budget=60.0, restart=None):
+               shrink_budget=60.0, restart=None, durability=None):
     """Runs one seed; on a divergence shrinks it, confirms it on fresh servers (restart()
     gives new ones), prints the reproducer and writes a candidate golden. Returns
     (Outcome, report or None)."""
@@ -939,7 +964,7 @@ def check_seed(servers, seed, names, out_dir=None, do_shrink=True, log=print,
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, "diff_seed%d.golden" % seed)
         with open(path, "w") as f:
-            f.write(golden_text(small_outcome, seed, note))
+            f.write(golden_text(small_outcome, seed, note, durability))
         report.append("candidate golden: %s" % path)
     text = "\n".join(report)
     log(text)
@@ -957,7 +982,7 @@ def run_seeds(seeds, self_check=False, out_dir=None, do_shrink=True, time_budget
             if t_end and time.monotonic() > t_end:
                 break
             outcome, report = check_seed(servers, seed, names, out_dir, do_shrink, log,
-                                         shrink_budget=shrink_budget,
+                                         shrink_budget=shrink_budget, durability=durability,
                                          restart=lambda: start_pair(self_check, durability))
             stats.seeds += 1
             stats.commands += outcome.commands
@@ -995,6 +1020,8 @@ def main(argv=None):
     ap.add_argument("--stop-after", type=int, default=0,
                     help="stop after this many divergent seeds (0 = never)")
     args = ap.parse_args(argv)
+    # SIGTERM ends the run through the normal cleanup (servers stopped, temp dirs removed).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not os.access(harness.MEMCACHED_BIN, os.X_OK):
         print("memcached not found at %s" % harness.MEMCACHED_BIN, file=sys.stderr)
         return 2

@@ -144,7 +144,11 @@ class StorageFaultsTest(unittest.TestCase):
 
     # -- MANIFEST and CURRENT --
 
+    @unittest.expectedFailure
     def test_manifest_truncated(self):
+        # petracache 0.1.0 starts and serves about half the items: RocksDB reads a MANIFEST
+        # cut short as if its last edits had never been written, and deletes the SST files
+        # they added as obsolete.
         def damage(db):
             (m,) = glob.glob(os.path.join(db, "MANIFEST-*"))
             os.truncate(m, os.path.getsize(m) // 2)
