@@ -54,6 +54,23 @@ Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHe
   return out;
 }
 
+// What a store write's status means for the command: done, retry with disk access (an event
+// loop must not wait for a stalled write), or failed.
+enum class WriteResult { kOk, kWouldBlock, kFailed };
+
+WriteResult Classify(const absl::Status& s, bool allow_disk) {
+  if (s.ok()) return WriteResult::kOk;
+  if (!allow_disk && absl::IsUnavailable(s)) return WriteResult::kWouldBlock;
+  PC_LOG(kWarning, "storage write failed: %s", s.ToString());
+  return WriteResult::kFailed;
+}
+
+storage::WriteOptions WriteOptionsFor(const ExecContext& ctx) {
+  storage::WriteOptions w;
+  w.no_stall = !ctx.allow_disk;
+  return w;
+}
+
 }  // namespace
 
 Engine::Engine(storage::Store* store, Clock* clock, EngineOptions options)
@@ -61,6 +78,13 @@ Engine::Engine(storage::Store* store, Clock* clock, EngineOptions options)
 
 std::mutex& Engine::StripeFor(std::string_view key) {
   return stripes_[std::hash<std::string_view>{}(key) % kLockStripes];
+}
+
+std::unique_lock<std::mutex> Engine::LockKey(std::string_view key, const ExecContext& ctx) {
+  // An event loop must not wait behind a blocking thread that holds the stripe through a
+  // disk read or a stalled write: it gives up (the caller reports kWouldBlock) instead.
+  if (!ctx.allow_disk) return std::unique_lock<std::mutex>(StripeFor(key), std::try_to_lock);
+  return std::unique_lock<std::mutex>(StripeFor(key));
 }
 
 int64_t Engine::AbsoluteExptime(int32_t exptime, int64_t now) const {
@@ -142,8 +166,17 @@ Outcome Engine::Error(const Command& cmd, ExecContext& ctx) {
     case ProtocolError::kObjectTooLarge:
       // memcached removes the old value so a failed set never leaves stale data behind.
       if (cmd.type == CommandType::kSet) {
-        std::lock_guard lock(StripeFor(cmd.key));
-        if (!store_->Delete(cmd.key).ok()) ctx.stats->storage_errors.Add();
+        std::unique_lock lock = LockKey(cmd.key, ctx);
+        if (!lock.owns_lock()) return Outcome::kWouldBlock;
+        switch (Classify(store_->Delete(cmd.key, WriteOptionsFor(ctx)), ctx.allow_disk)) {
+          case WriteResult::kOk:
+            break;
+          case WriteResult::kWouldBlock:
+            return Outcome::kWouldBlock;
+          case WriteResult::kFailed:
+            ctx.stats->storage_errors.Add();
+            break;
+        }
       }
       break;
     case ProtocolError::kBadCommandLine:
@@ -193,13 +226,26 @@ std::optional<Outcome> Engine::ReadForUpdate(const Command& cmd, ExecContext& ct
   return std::nullopt;
 }
 
-bool Engine::StoreNew(std::string_view key, ItemHeader* header, std::string_view value,
-                      int64_t now) {
+std::optional<Outcome> Engine::Write(const Command& cmd, ExecContext& ctx, std::string_view key,
+                                     const ItemHeader& header, std::string_view value) {
+  switch (Classify(store_->Put(key, header, value, WriteOptionsFor(ctx)), ctx.allow_disk)) {
+    case WriteResult::kOk:
+      return std::nullopt;
+    case WriteResult::kWouldBlock:
+      return Outcome::kWouldBlock;
+    case WriteResult::kFailed:
+      break;
+  }
+  return StorageFailure(cmd, ctx);
+}
+
+std::optional<Outcome> Engine::StoreNew(const Command& cmd, ExecContext& ctx, ItemHeader* header,
+                                        std::string_view value, int64_t now) {
   absl::StatusOr<uint64_t> cas = store_->NextCas();
-  if (!cas.ok()) return false;
+  if (!cas.ok()) return StorageFailure(cmd, ctx);
   header->cas = *cas;
   header->write_time = now;
-  return store_->Put(key, *header, value).ok();
+  return Write(cmd, ctx, cmd.key, *header, value);
 }
 
 Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
@@ -216,11 +262,24 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
   for (std::string_view key : cmd.keys) {
     Lookup r;
     if (touch) {
-      std::lock_guard lock(StripeFor(key));
+      std::unique_lock lock = LockKey(key, ctx);
+      if (!lock.owns_lock()) {
+        ctx.out->resize(rollback);
+        return Outcome::kWouldBlock;
+      }
       r = Read(store_, key, ctx.allow_disk, &header, &value);
-      if (!r.failed && IsLive(r.status)) {
+      if (!r.failed && !r.would_block && IsLive(r.status)) {
         header.exptime = new_exptime;
-        if (!store_->Put(key, header, value).ok()) r.failed = true;
+        switch (Classify(store_->Put(key, header, value, WriteOptionsFor(ctx)), ctx.allow_disk)) {
+          case WriteResult::kOk:
+            break;
+          case WriteResult::kWouldBlock:
+            r.would_block = true;
+            break;
+          case WriteResult::kFailed:
+            r.failed = true;
+            break;
+        }
       }
     } else {
       r = Read(store_, key, ctx.allow_disk, &header, &value);
@@ -258,7 +317,8 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
 
 Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
   const int64_t now = clock_->Now();
-  std::lock_guard lock(StripeFor(cmd.key));
+  std::unique_lock lock = LockKey(cmd.key, ctx);
+  if (!lock.owns_lock()) return Outcome::kWouldBlock;
   ItemHeader old;
   std::string old_value;
   bool exists = false;
@@ -316,14 +376,15 @@ Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
       return reply(Reply::kNotStored);
   }
 
-  if (!StoreNew(cmd.key, &header, value, now)) return StorageFailure(cmd, ctx);
+  if (std::optional<Outcome> failed = StoreNew(cmd, ctx, &header, value, now)) return *failed;
   ctx.stats->total_items.Add();
   return reply(Reply::kStored);
 }
 
 Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
   const bool incr = cmd.type == CommandType::kIncr;
-  std::lock_guard lock(StripeFor(cmd.key));
+  std::unique_lock lock = LockKey(cmd.key, ctx);
+  if (!lock.owns_lock()) return Outcome::kWouldBlock;
   ItemHeader header;
   std::string value;
   bool live = false;
@@ -350,14 +411,17 @@ Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
   std::string new_value(text);
   if (new_value.size() < value.size()) new_value.resize(value.size(), ' ');
 
-  if (!StoreNew(cmd.key, &header, new_value, clock_->Now())) return StorageFailure(cmd, ctx);
+  if (std::optional<Outcome> failed = StoreNew(cmd, ctx, &header, new_value, clock_->Now())) {
+    return *failed;
+  }
   (incr ? ctx.stats->incr_hits : ctx.stats->decr_hits).Add();
   if (!cmd.noreply) protocol::AppendNumber(ctx.out, number);
   return Outcome::kDone;
 }
 
 Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
-  std::lock_guard lock(StripeFor(cmd.key));
+  std::unique_lock lock = LockKey(cmd.key, ctx);
+  if (!lock.owns_lock()) return Outcome::kWouldBlock;
   ItemHeader header;
   std::string value;
   bool live = false;
@@ -368,14 +432,22 @@ Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
     ctx.stats->delete_misses.Add();
     return Answer(cmd, ctx, Reply::kNotFound);
   }
-  if (!store_->Delete(cmd.key).ok()) return StorageFailure(cmd, ctx);
+  switch (Classify(store_->Delete(cmd.key, WriteOptionsFor(ctx)), ctx.allow_disk)) {
+    case WriteResult::kOk:
+      break;
+    case WriteResult::kWouldBlock:
+      return Outcome::kWouldBlock;
+    case WriteResult::kFailed:
+      return StorageFailure(cmd, ctx);
+  }
   ctx.stats->delete_hits.Add();
   return Answer(cmd, ctx, Reply::kDeleted);
 }
 
 Outcome Engine::Touch(const Command& cmd, ExecContext& ctx) {
   const int64_t now = clock_->Now();
-  std::lock_guard lock(StripeFor(cmd.key));
+  std::unique_lock lock = LockKey(cmd.key, ctx);
+  if (!lock.owns_lock()) return Outcome::kWouldBlock;
   ItemHeader header;
   std::string value;
   bool live = false;
@@ -389,7 +461,7 @@ Outcome Engine::Touch(const Command& cmd, ExecContext& ctx) {
   }
   // touch changes only the expiry: memcached keeps the CAS.
   header.exptime = AbsoluteExptime(cmd.exptime, now);
-  if (!store_->Put(cmd.key, header, value).ok()) return StorageFailure(cmd, ctx);
+  if (std::optional<Outcome> failed = Write(cmd, ctx, cmd.key, header, value)) return *failed;
   ctx.stats->touch_hits.Add();
   return Answer(cmd, ctx, Reply::kTouched);
 }

@@ -78,6 +78,8 @@ class Engine {
   static constexpr size_t kLockStripes = 1024;
 
   std::mutex& StripeFor(std::string_view key);
+  // The key's stripe, locked; on an event loop (no disk access) only if free right now.
+  std::unique_lock<std::mutex> LockKey(std::string_view key, const ExecContext& ctx);
   // memcached's realtime(): protocol exptime -> absolute Unix seconds (0 = never).
   int64_t AbsoluteExptime(int32_t exptime, int64_t now) const;
 
@@ -101,9 +103,13 @@ class Engine {
   // outcome to give up with (needs disk, storage failure), or nullopt with *live set.
   std::optional<Outcome> ReadForUpdate(const Command& cmd, ExecContext& ctx,
                                        storage::ItemHeader* header, std::string* value, bool* live);
-  // Gives *header a fresh CAS and write time and stores it; false on a storage failure.
-  bool StoreNew(std::string_view key, storage::ItemHeader* header, std::string_view value,
-                int64_t now);
+  // Stores the item under cmd.key; nullopt when written, else the outcome to return
+  // (kWouldBlock for a write stall on an event loop, or the storage failure reply).
+  std::optional<Outcome> Write(const Command& cmd, ExecContext& ctx, std::string_view key,
+                               const storage::ItemHeader& header, std::string_view value);
+  // Gives *header a fresh CAS and write time, then Write()s it.
+  std::optional<Outcome> StoreNew(const Command& cmd, ExecContext& ctx, storage::ItemHeader* header,
+                                  std::string_view value, int64_t now);
 
   storage::Store* const store_;
   Clock* const clock_;

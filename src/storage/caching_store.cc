@@ -118,8 +118,8 @@ absl::StatusOr<LookupStatus> CachingStore::Get(std::string_view key, const ReadO
 }
 
 absl::Status CachingStore::Put(std::string_view key, const ItemHeader& header,
-                               std::string_view value) {
-  absl::Status s = inner_->Put(key, header, value);
+                               std::string_view value, const WriteOptions& options) {
+  absl::Status s = inner_->Put(key, header, value, options);
   Shard& shard = ShardFor(key);
   std::lock_guard lock(shard.mu);
   ++shard.write_seq;
@@ -131,8 +131,8 @@ absl::Status CachingStore::Put(std::string_view key, const ItemHeader& header,
   return s;
 }
 
-absl::Status CachingStore::Delete(std::string_view key) {
-  absl::Status s = inner_->Delete(key);
+absl::Status CachingStore::Delete(std::string_view key, const WriteOptions& options) {
+  absl::Status s = inner_->Delete(key, options);
   Shard& shard = ShardFor(key);
   std::lock_guard lock(shard.mu);
   ++shard.write_seq;

@@ -32,7 +32,7 @@ absl::StatusOr<LookupStatus> MemoryStore::Get(std::string_view key, const ReadOp
 }
 
 absl::Status MemoryStore::Put(std::string_view key, const ItemHeader& header,
-                              std::string_view value) {
+                              std::string_view value, const WriteOptions& /*options*/) {
   Entry entry{header, std::string(value)};
   absl::MutexLock lock(&mu_);
   auto [it, inserted] = items_.try_emplace(AsAbsl(key));
@@ -42,7 +42,7 @@ absl::Status MemoryStore::Put(std::string_view key, const ItemHeader& header,
   return absl::OkStatus();
 }
 
-absl::Status MemoryStore::Delete(std::string_view key) {
+absl::Status MemoryStore::Delete(std::string_view key, const WriteOptions& /*options*/) {
   absl::MutexLock lock(&mu_);
   auto it = items_.find(AsAbsl(key));
   if (it == items_.end()) return absl::OkStatus();

@@ -104,6 +104,15 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
   return absl::InternalError(message);
 }
 
+// With no_stall, a write stall makes RocksDB return Incomplete at once instead of sleeping
+// (FromRocks maps it to Unavailable), so the event loop can hand the write to a thread that
+// may wait.
+rocksdb::WriteOptions WithStall(const rocksdb::WriteOptions& base, const WriteOptions& options) {
+  rocksdb::WriteOptions w = base;
+  w.no_slowdown = options.no_stall;
+  return w;
+}
+
 // The open error an operator can act on: who holds the lock, that the data is corrupt, or
 // what RocksDB said about the path.
 absl::Status OpenError(const rocksdb::Status& s, const std::string& path) {
@@ -492,15 +501,17 @@ absl::StatusOr<LookupStatus> RocksDbStore::Get(std::string_view key, const ReadO
 }
 
 absl::Status RocksDbStore::Put(std::string_view key, const ItemHeader& header,
-                               std::string_view value) {
+                               std::string_view value, const WriteOptions& options) {
   std::string record;
   EncodeRecord(header, value, &record);
-  return FromRocks(impl_->db->Put(impl_->item_write_options, impl_->items_cf, ToSlice(key), record),
+  return FromRocks(impl_->db->Put(WithStall(impl_->item_write_options, options), impl_->items_cf,
+                                  ToSlice(key), record),
                    "writing an item");
 }
 
-absl::Status RocksDbStore::Delete(std::string_view key) {
-  return FromRocks(impl_->db->Delete(impl_->item_write_options, impl_->items_cf, ToSlice(key)),
+absl::Status RocksDbStore::Delete(std::string_view key, const WriteOptions& options) {
+  return FromRocks(impl_->db->Delete(WithStall(impl_->item_write_options, options), impl_->items_cf,
+                                     ToSlice(key)),
                    "deleting an item");
 }
 

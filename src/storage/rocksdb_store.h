@@ -63,9 +63,11 @@ class RocksDbStore final : public Store {
   // DataLoss error.
   [[nodiscard]] absl::StatusOr<LookupStatus> Get(std::string_view key, const ReadOptions& options,
                                                  ItemHeader* header, std::string* value) override;
+  using Store::Delete;
+  using Store::Put;
   [[nodiscard]] absl::Status Put(std::string_view key, const ItemHeader& header,
-                                 std::string_view value) override;
-  [[nodiscard]] absl::Status Delete(std::string_view key) override;
+                                 std::string_view value, const WriteOptions& options) override;
+  [[nodiscard]] absl::Status Delete(std::string_view key, const WriteOptions& options) override;
   [[nodiscard]] absl::StatusOr<uint64_t> NextCas() override;
   [[nodiscard]] absl::Status SetFlushState(const FlushState& state) override;
   FlushState GetFlushState() const override;

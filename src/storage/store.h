@@ -25,6 +25,11 @@ struct ReadOptions {
   bool cache_only = false;
 };
 
+struct WriteOptions {
+  // Never wait for the store to accept the write (see Store::Put).
+  bool no_stall = false;
+};
+
 // Counters a Store exposes; read by `stats` and /metrics.
 struct StoreStats {
   uint64_t approximate_items = 0;  // live + not yet compacted away
@@ -51,10 +56,16 @@ class Store {
                                                          ItemHeader* header,
                                                          std::string* value) = 0;
   // Stores the item, replacing any previous one. Durable per the store's durability mode
-  // when it returns OK.
+  // when it returns OK. With options.no_stall, a write the store would have to delay (a
+  // RocksDB write stall) fails at once with an Unavailable status, having written nothing.
   [[nodiscard]] virtual absl::Status Put(std::string_view key, const ItemHeader& header,
-                                         std::string_view value) = 0;
-  [[nodiscard]] virtual absl::Status Delete(std::string_view key) = 0;
+                                         std::string_view value, const WriteOptions& options) = 0;
+  [[nodiscard]] absl::Status Put(std::string_view key, const ItemHeader& header,
+                                 std::string_view value) {
+    return Put(key, header, value, WriteOptions{});
+  }
+  [[nodiscard]] virtual absl::Status Delete(std::string_view key, const WriteOptions& options) = 0;
+  [[nodiscard]] absl::Status Delete(std::string_view key) { return Delete(key, WriteOptions{}); }
 
   // A fresh CAS value: unique and strictly greater than every value handed out before, also
   // across restarts of a persistent store.

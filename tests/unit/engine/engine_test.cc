@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,23 +19,33 @@
 namespace petracache::engine {
 namespace {
 
-// Wraps a store so that cache-only reads of chosen keys report kWouldBlock.
+// Wraps a store so that cache-only reads of chosen keys report kWouldBlock, non-stalling
+// writes can be made to report a stall, and a hook runs inside every Get.
 class ColdStore final : public storage::Store {
  public:
   explicit ColdStore(storage::Store* inner) : inner_(inner) {}
   std::string cold_key;
+  bool stall_writes = false;
+  std::function<void()> on_get;
   absl::StatusOr<storage::LookupStatus> Get(std::string_view key,
                                             const storage::ReadOptions& options,
                                             storage::ItemHeader* header,
                                             std::string* value) override {
+    if (on_get) on_get();
     if (options.cache_only && key == cold_key) return storage::LookupStatus::kWouldBlock;
     return inner_->Get(key, options, header, value);
   }
-  absl::Status Put(std::string_view key, const storage::ItemHeader& header,
-                   std::string_view value) override {
-    return inner_->Put(key, header, value);
+  using Store::Delete;
+  using Store::Put;
+  absl::Status Put(std::string_view key, const storage::ItemHeader& header, std::string_view value,
+                   const storage::WriteOptions& options) override {
+    if (stall_writes && options.no_stall) return absl::UnavailableError("write stall");
+    return inner_->Put(key, header, value, options);
   }
-  absl::Status Delete(std::string_view key) override { return inner_->Delete(key); }
+  absl::Status Delete(std::string_view key, const storage::WriteOptions& options) override {
+    if (stall_writes && options.no_stall) return absl::UnavailableError("write stall");
+    return inner_->Delete(key, options);
+  }
   absl::StatusOr<uint64_t> NextCas() override { return inner_->NextCas(); }
   absl::Status SetFlushState(const storage::FlushState& s) override {
     return inner_->SetFlushState(s);
@@ -308,6 +321,77 @@ TEST_F(EngineTest, WouldBlockLeavesNoTrace) {
     EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kDone) << req;
     EXPECT_NE(out, "prefix") << req;
   }
+}
+
+TEST_F(EngineTest, StalledWritesOnALoopAreRetriedWithDiskAccess) {
+  ColdStore cold(&store_);
+  Engine engine(&cold, &clock_, Options());
+  EngineStats* stats = engine.RegisterStats();
+  Run("set k 0 0 1\r\n1\r\nset t 0 0 1\r\nt\r\n", &engine);
+  cold.stall_writes = true;
+  protocol::Parser parser;
+  Command cmd;
+  for (std::string_view req : {"set k 0 0 1\r\n2\r\n", "incr k 1\r\n", "delete t\r\n",
+                               "touch k 100\r\n", "gat 100 k\r\n", "append k 0 0 1\r\nx\r\n"}) {
+    ASSERT_EQ(parser.Parse(req, &cmd).status, protocol::ParseStatus::kCommand);
+    std::string out = "prefix";
+    ExecContext ctx{&out, stats, false};
+    EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kWouldBlock) << req;
+    EXPECT_EQ(out, "prefix") << req;
+    ctx.allow_disk = true;  // the blocking pool: writes may wait
+    EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kDone) << req;
+  }
+  EXPECT_EQ(engine.Totals().storage_errors, 0u);
+  EXPECT_EQ(Run("get k t\r\n", &engine), "VALUE k 0 2\r\n3x\r\nEND\r\n");
+}
+
+TEST_F(EngineTest, ALoopNeverWaitsForAStripeHeldByABlockingThread) {
+  ColdStore cold(&store_);
+  Engine engine(&cold, &clock_, Options());
+  Run("set k 0 0 1\r\n1\r\n", &engine);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool armed = true;  // only the first Get waits
+  bool inside = false;
+  bool release = false;
+  cold.on_get = [&] {
+    std::unique_lock lock(mu);
+    if (!armed) return;
+    armed = false;
+    inside = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+  };
+  // A blocking-pool thread holds k's stripe while its read waits on "disk".
+  std::thread pool([&] {
+    protocol::Parser parser;
+    Command cmd;
+    std::string out;
+    ExecContext ctx{&out, engine.RegisterStats(), true};
+    ASSERT_EQ(parser.Parse("incr k 1\r\n", &cmd).status, protocol::ParseStatus::kCommand);
+    EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kDone);
+    EXPECT_EQ(out, "2\r\n");
+  });
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return inside; });
+  }
+  protocol::Parser parser;
+  Command cmd;
+  std::string out;
+  ExecContext ctx{&out, stats_, false};
+  ASSERT_EQ(parser.Parse("incr k 1\r\n", &cmd).status, protocol::ParseStatus::kCommand);
+  EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kWouldBlock);  // instead of waiting
+  EXPECT_EQ(out, "");
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  pool.join();
+  ctx.allow_disk = true;
+  EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kDone);
+  EXPECT_EQ(out, "3\r\n");
 }
 
 // --- Linearizability across threads -------------------------------------------------------

@@ -19,11 +19,15 @@ class ColdKeyStore final : public storage::Store {
     if (options.cache_only && key == "cold") return storage::LookupStatus::kWouldBlock;
     return inner_.Get(key, options, header, value);
   }
-  absl::Status Put(std::string_view key, const storage::ItemHeader& header,
-                   std::string_view value) override {
-    return inner_.Put(key, header, value);
+  using Store::Delete;
+  using Store::Put;
+  absl::Status Put(std::string_view key, const storage::ItemHeader& header, std::string_view value,
+                   const storage::WriteOptions& options) override {
+    return inner_.Put(key, header, value, options);
   }
-  absl::Status Delete(std::string_view key) override { return inner_.Delete(key); }
+  absl::Status Delete(std::string_view key, const storage::WriteOptions& options) override {
+    return inner_.Delete(key, options);
+  }
   absl::StatusOr<uint64_t> NextCas() override { return inner_.NextCas(); }
   absl::Status SetFlushState(const storage::FlushState& s) override {
     return inner_.SetFlushState(s);

@@ -32,10 +32,15 @@ class PausingStore final : public Store {
     }
     return r;
   }
-  absl::Status Put(std::string_view key, const ItemHeader& h, std::string_view v) override {
-    return inner_.Put(key, h, v);
+  using Store::Delete;
+  using Store::Put;
+  absl::Status Put(std::string_view key, const ItemHeader& h, std::string_view v,
+                   const WriteOptions& options) override {
+    return inner_.Put(key, h, v, options);
   }
-  absl::Status Delete(std::string_view key) override { return inner_.Delete(key); }
+  absl::Status Delete(std::string_view key, const WriteOptions& options) override {
+    return inner_.Delete(key, options);
+  }
   absl::StatusOr<uint64_t> NextCas() override { return inner_.NextCas(); }
   absl::Status SetFlushState(const FlushState& s) override { return inner_.SetFlushState(s); }
   FlushState GetFlushState() const override { return inner_.GetFlushState(); }
