@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,21 @@ import run_bench  # noqa: E402  (shares the process handling and server start/st
 def children_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def server_ops(port):
+    """cmd_get + cmd_set from memcached's own `stats`: counts the tools cannot influence."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    stats = dict(line.split()[1:3] for line in data.decode().splitlines()
+                 if line.startswith("STAT "))
+    return int(stats["cmd_get"]) + int(stats["cmd_set"])
 
 
 def run_timed(argv, timeout):
@@ -79,6 +95,8 @@ def main():
             if rep % 2:
                 order.reverse()
             for tool in order:
+                ops_before = server_ops(server.port)
+                server_cpu_before = run_bench.proc_cpu_seconds(server.pid)
                 if tool == "memcaslap":
                     out, cpu = run_timed(memcaslap, args.duration + 60)
                     tps = float(re.search(r"TPS: (\d+)", out).group(1))
@@ -90,18 +108,28 @@ def main():
                     out, cpu = run_timed(loadgen, args.duration + 60)
                     r = json.loads(out[out.index("{"):].splitlines()[0])
                     tps, avg, ops = r["ops_per_sec"], r["latency_us"]["mean"], r["ops"]
+                # The server's count over the tool's whole run (memcaslap includes its window
+                # warm-up sets; the load generator runs without warm-up here).
+                counted = server_ops(server.port) - ops_before
+                server_cpu = run_bench.proc_cpu_seconds(server.pid) - server_cpu_before
                 results[tool].append({"ops_per_sec": tps, "mean_us": avg,
-                                      "cpu_us_per_op": cpu * 1e6 / ops})
+                                      "cpu_us_per_op": cpu * 1e6 / ops,
+                                      "server_cpu_us_per_op": server_cpu * 1e6 / counted,
+                                      "server_counted_ops": counted, "tool_ops": ops})
                 print(f"{tool:20s} rep {rep + 1}: {tps:10,.0f} ops/s  mean {avg:7.1f} us  "
-                      f"client CPU {cpu * 1e6 / ops:5.2f} us/op", flush=True)
+                      f"client CPU {cpu * 1e6 / ops:5.2f} us/op  memcached CPU "
+                      f"{server_cpu * 1e6 / counted:5.2f} us/op  ops: tool {ops:,.0f} "
+                      f"server {counted:,}", flush=True)
     finally:
         run_bench.PROCS.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    print("\n| tool | ops/s | mean latency µs | client CPU µs/op |\n| --- | ---: | ---: | ---: |")
+    print("\n| tool | ops/s | mean latency µs | client CPU µs/op | memcached CPU µs/op | "
+          "ops counted by the tool / by memcached |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     for tool, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        counted = sum(r["tool_ops"] for r in runs) / sum(r["server_counted_ops"] for r in runs)
         print(f"| {tool} | {med['ops_per_sec']:,.0f} | {med['mean_us']:.1f} | "
-              f"{med['cpu_us_per_op']:.2f} |")
+              f"{med['cpu_us_per_op']:.2f} | {med['server_cpu_us_per_op']:.2f} | {counted:.3f} |")
     return 0
 
 
