@@ -5,9 +5,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -111,6 +113,15 @@ rocksdb::WriteOptions WithStall(const rocksdb::WriteOptions& base, const WriteOp
   rocksdb::WriteOptions w = base;
   w.no_slowdown = options.no_stall;
   return w;
+}
+
+// True when the column family's memtables are empty and no flush is running.
+bool MemtablesFlushed(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+  uint64_t active = 1, immutable = 1, running = 1;
+  return db->GetIntProperty(cf, "rocksdb.num-entries-active-mem-table", &active) &&
+         db->GetIntProperty(cf, "rocksdb.num-immutable-mem-table", &immutable) &&
+         db->GetIntProperty("rocksdb.num-running-flushes", &running) && active == 0 &&
+         immutable == 0 && running == 0;
 }
 
 // The open error an operator can act on: who holds the lock, that the data is corrupt, or
@@ -456,9 +467,29 @@ absl::Status RocksDbStore::Close() {
   impl.closed = true;
   absl::Status result;
   if (impl.options.durability == Durability::kNone) {
-    // Writes without WAL exist only in the memtables: persist them before closing.
-    result = FromRocks(impl.db->Flush(rocksdb::FlushOptions(), impl.items_cf),
-                       absl::StrCat("flushing '", impl.options.db_path, "' on close"));
+    // Writes without WAL exist only in the memtables: persist them before closing. Right after
+    // RocksDB recovered from a background error (a disk that was full), Flush() can report
+    // success before its flush job has even started, and closing would then cancel the job:
+    // so wait until the memtables are really empty, resuming and retrying if needed.
+    rocksdb::Status flushed;
+    bool empty = false;
+    for (int attempt = 0; attempt < 300 && !empty; ++attempt) {
+      flushed = impl.db->Flush(rocksdb::FlushOptions(), impl.items_cf);
+      if (!flushed.ok()) {
+        if (attempt % 10 == 0) {
+          PC_LOG(kWarning, "storage: flushing '%s' on close failed (%s); retrying",
+                 impl.options.db_path, flushed.ToString());
+        }
+        (void)impl.db->Resume();
+      }
+      empty = flushed.ok() && MemtablesFlushed(impl.db.get(), impl.items_cf);
+      if (!empty) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (flushed.ok() && !empty) {
+      flushed = rocksdb::Status::TimedOut("memtables still hold data after 30 s of flushing");
+    }
+    result = FromRocks(flushed, absl::StrCat("flushing '", impl.options.db_path,
+                                             "' on close (writes since the last flush are lost)"));
   }
   for (rocksdb::ColumnFamilyHandle* handle : {impl.items_cf, impl.meta_cf}) {
     rocksdb::Status s = impl.db->DestroyColumnFamilyHandle(handle);
