@@ -99,7 +99,8 @@ Outcome Engine::Execute(const Command& cmd, ExecContext& ctx) {
   timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
   Outcome outcome = Dispatch(cmd, ctx);
-  if (outcome != Outcome::kWouldBlock) {
+  // A command is recorded once, by the call that finishes it.
+  if (outcome != Outcome::kWouldBlock && outcome != Outcome::kPartial) {
     timespec end;
     clock_gettime(CLOCK_MONOTONIC, &end);
     int64_t nanos = (end.tv_sec - start.tv_sec) * 1'000'000'000 + (end.tv_nsec - start.tv_nsec);
@@ -259,7 +260,13 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
   EngineTotals delta;
   ItemHeader header;
   std::string value;
-  for (std::string_view key : cmd.keys) {
+  for (size_t i = ctx.first_key; i < cmd.keys.size(); ++i) {
+    if (i > ctx.first_key && ctx.out->size() >= ctx.output_limit) {
+      ctx.next_key = i;
+      ApplyRetrievalStats(delta, ctx);
+      return Outcome::kPartial;
+    }
+    const std::string_view key = cmd.keys[i];
     Lookup r;
     if (touch) {
       std::unique_lock lock = LockKey(key, ctx);
@@ -303,6 +310,12 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
     if (r.status == LookupStatus::kExpired) delta.get_expired++;
     if (r.status == LookupStatus::kFlushed) delta.get_flushed++;
   }
+  ApplyRetrievalStats(delta, ctx);
+  AppendReply(ctx.out, Reply::kEnd);
+  return Outcome::kDone;
+}
+
+void Engine::ApplyRetrievalStats(const EngineTotals& delta, ExecContext& ctx) {
   ctx.stats->cmd_get.Add(delta.cmd_get);
   ctx.stats->cmd_touch.Add(delta.cmd_touch);
   ctx.stats->get_hits.Add(delta.get_hits);
@@ -311,8 +324,6 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
   ctx.stats->touch_misses.Add(delta.touch_misses);
   ctx.stats->get_expired.Add(delta.get_expired);
   ctx.stats->get_flushed.Add(delta.get_flushed);
-  AppendReply(ctx.out, Reply::kEnd);
-  return Outcome::kDone;
 }
 
 Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {

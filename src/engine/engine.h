@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -36,12 +37,20 @@ enum class Outcome {
                 // appended; run the same command again with allow_disk = true
   kClose,       // reply appended (if any); close the connection (quit)
   kShutdown,    // the client asked the server to shut down (enabled by config)
+  kPartial,     // a retrieval reached ctx.output_limit: the VALUE lines of keys before
+                // ctx.next_key are appended (no END); run the same command again with
+                // ctx.first_key = ctx.next_key once the client has read some
 };
 
 struct ExecContext {
   std::string* out = nullptr;
   EngineStats* stats = nullptr;
   bool allow_disk = true;
+  // Retrievals: start at this key, and stop with kPartial once out->size() reaches
+  // output_limit with keys left, so one multi-get cannot build an unbounded reply.
+  size_t first_key = 0;
+  size_t output_limit = SIZE_MAX;
+  size_t next_key = 0;  // set with kPartial
 };
 
 // Thread-safe: any number of threads may Execute concurrently, each with its own EngineStats.
@@ -85,6 +94,7 @@ class Engine {
 
   Outcome Dispatch(const Command& cmd, ExecContext& ctx);
   Outcome Retrieve(const Command& cmd, ExecContext& ctx);
+  static void ApplyRetrievalStats(const EngineTotals& delta, ExecContext& ctx);
   Outcome StoreItem(const Command& cmd, ExecContext& ctx);
   Outcome Arithmetic(const Command& cmd, ExecContext& ctx);
   Outcome Delete(const Command& cmd, ExecContext& ctx);

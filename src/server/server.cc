@@ -119,7 +119,7 @@ class Server::Handler final : public io::Handler {
         RequestShutdown();
         return;
       case SessionAction::kNeedDisk:
-        RunOnDisk(c, session->disk_request());
+        RunOnDisk(c, session->disk_request(), session->disk_first_key());
         return;
     }
   }
@@ -139,15 +139,16 @@ class Server::Handler final : public io::Handler {
 
  private:
   // The connection waits (paused, in order) while a pool thread runs the request.
-  void RunOnDisk(io::Connection& c, std::string request) {
+  void RunOnDisk(io::Connection& c, std::string request, size_t first_key) {
     c.SetPaused(true);
     Server* server = server_;
     io::EventLoop* loop = loop_;
-    server->disk_pool_->Submit([server, loop, id = c.id(), request = std::move(request)] {
+    server->disk_pool_->Submit([server, loop, id = c.id(), request = std::move(request),
+                                first_key] {
       std::string out;
       SessionAction action =
           Session::RunBlocking(server->engine_.get(), tls_pool_stats,
-                               SessionOptionsFor(server->config_).parser, request, &out);
+                               SessionOptionsFor(server->config_).parser, request, first_key, &out);
       loop->PostToConnection(id, [out = std::move(out), action](io::Connection& conn) {
         conn.output().append(out);
         if (action == SessionAction::kClose || action == SessionAction::kShutdown) {

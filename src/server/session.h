@@ -46,14 +46,16 @@ class Session {
   // touching disk.
   SessionResult Process(std::string_view input, std::string* out);
 
-  // The one request waiting for disk (an owned copy of its bytes), after kNeedDisk.
+  // The one request waiting for disk (an owned copy of its bytes), after kNeedDisk, and for
+  // a multi-get answered in part already, the key to continue from.
   const std::string& disk_request() const { return disk_request_; }
+  size_t disk_first_key() const { return disk_first_key_; }
 
   // Runs a request that needed disk, on a blocking thread; returns its reply and what to do.
   // Thread-safe with respect to other sessions; uses the caller's stats block.
   static SessionAction RunBlocking(engine::Engine* engine, engine::EngineStats* stats,
                                    const protocol::ParserOptions& parser_options,
-                                   std::string_view request, std::string* out);
+                                   std::string_view request, size_t first_key, std::string* out);
 
  private:
   static bool IsMutation(CommandType type);
@@ -64,6 +66,10 @@ class Session {
   protocol::Parser parser_;
   Command command_;  // reused across requests so its key vector keeps its capacity
   std::string disk_request_;
+  size_t disk_first_key_ = 0;
+  // A multi-get whose reply is being produced in output-sized pieces: its request stays at
+  // the front of the input (so the loop calls again once the output drains) and resumes here.
+  size_t resume_key_ = 0;
 };
 
 }  // namespace petracache::server

@@ -41,8 +41,14 @@ class ColdKeyStore final : public storage::Store {
 
 class SessionTest : public ::testing::Test {
  protected:
-  SessionTest() : store_(&clock_), engine_(&store_, &clock_, engine::EngineOptions{}) {
+  SessionTest() : store_(&clock_), engine_(&store_, &clock_, Options()) {
     stats_ = engine_.RegisterStats();
+  }
+
+  static engine::EngineOptions Options() {
+    engine::EngineOptions o;
+    o.version = "1.6.18 petracache-test";
+    return o;
   }
 
   FakeClock clock_;
@@ -69,13 +75,15 @@ TEST_F(SessionTest, DiskBoundRequestIsHandedOverAndAnsweredInOrder) {
   SessionResult r = session.Process(in, &out);
   ASSERT_EQ(r.action, SessionAction::kNeedDisk);
   EXPECT_EQ(session.disk_request(), "set cold 0 0 1\r\nc\r\n");
-  EXPECT_EQ(Session::RunBlocking(&engine_, stats_, {}, session.disk_request(), &out),
+  EXPECT_EQ(Session::RunBlocking(&engine_, stats_, {}, session.disk_request(),
+                                 session.disk_first_key(), &out),
             SessionAction::kContinue);
   in.remove_prefix(r.consumed);
   r = session.Process(in, &out);
   ASSERT_EQ(r.action, SessionAction::kNeedDisk);
   EXPECT_EQ(session.disk_request(), "get cold\r\n");
-  Session::RunBlocking(&engine_, stats_, {}, session.disk_request(), &out);
+  Session::RunBlocking(&engine_, stats_, {}, session.disk_request(), session.disk_first_key(),
+                       &out);
   in.remove_prefix(r.consumed);
   r = session.Process(in, &out);
   EXPECT_EQ(r.action, SessionAction::kContinue);
@@ -94,6 +102,38 @@ TEST_F(SessionTest, DiskRequestAfterASwallowedBlockIsOnlyTheRequest) {
   EXPECT_EQ(r.consumed, in.size());
   EXPECT_EQ(session.disk_request(), "get cold\r\n");
   EXPECT_EQ(out, "SERVER_ERROR object too large for cache\r\n");
+}
+
+TEST_F(SessionTest, HugeMultiGetIsAnsweredInOutputSizedPieces) {
+  SessionOptions options;
+  options.max_output = 3000;
+  Session session(&engine_, stats_, options);
+  std::string out;
+  ASSERT_EQ(session.Process("set big 0 0 1000\r\n" + std::string(1000, 'b') + "\r\n", &out).action,
+            SessionAction::kContinue);
+  out.clear();
+  std::string get = "get";
+  for (int i = 0; i < 10; ++i) get += " big";
+  get += "\r\nversion\r\n";
+  std::string input = get;
+  std::string all;
+  int calls = 0;
+  while (!input.empty() && calls < 50) {
+    ++calls;
+    SessionResult r = session.Process(input, &out);
+    ASSERT_EQ(r.action, SessionAction::kContinue);
+    EXPECT_LE(out.size(), options.max_output + 1100) << "one piece stays near the budget";
+    input.erase(0, r.consumed);
+    all += out;  // the client reads everything
+    out.clear();
+  }
+  std::string want;
+  for (int i = 0; i < 10; ++i) want += "VALUE big 0 1000\r\n" + std::string(1000, 'b') + "\r\n";
+  want += "END\r\nVERSION 1.6.18 petracache-test\r\n";
+  EXPECT_GT(calls, 3);
+  EXPECT_EQ(all.size(), want.size());
+  EXPECT_TRUE(all == want);
+  EXPECT_EQ(engine_.Totals().get_hits, 10u);
 }
 
 TEST_F(SessionTest, OffloadedWritesInSyncMode) {
