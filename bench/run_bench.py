@@ -765,17 +765,23 @@ def render(args, results):
                   "that key). The server is stopped with SIGTERM and started again on the same "
                   f"port and data. Below: get hit rate in each second of the first "
                   f"{args.restart_after:.0f} s after it accepts again (column n = [n-1, n) s), "
-                  "how long SIGTERM took, and how long clients saw no server (stop to "
-                  "accepting).\n\n")
+                  "how long SIGTERM took, how long clients saw no server (stop to "
+                  "accepting), and throughput in the seconds before the stop and in the "
+                  "first 5 s after.\n\n")
         seconds = int(args.restart_after)
-        md.append("| server | stop took s | down s | " + " | ".join(
+        md.append("| server | stop took s | down s | ops/s before | ops/s first 5 s | " + " | ".join(
             f"{i}" for i in range(1, seconds + 1)) + " |\n")
-        md.append("| --- | ---: | ---: |" + " ---: |" * seconds + "\n")
+        md.append("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * seconds + "\n")
         for kind, r in rs.items():
             by_second = {p["second"]: p for p in r["series"]}
             cells = [fmt(by_second[i]["hit_rate"], 3) if i in by_second else "–"
                      for i in range(seconds)]
+            # Whole seconds before the one the stop fell in; the first five after.
+            before = [p["ops"] for p in r["series"] if p["second"] < -1]
+            after = [p["ops"] for p in r["series"] if 0 <= p["second"] < 5]
             md.append(f"| {kind} | {r['stop_seconds']:.2f} | {r['downtime_s']:.2f} | "
+                      f"{fmt(statistics.mean(before) if before else None, 0)} | "
+                      f"{fmt(statistics.mean(after) if after else None, 0)} | "
                       + " | ".join(cells) + " |\n")
         md.append("\n")
     if results.get("chart"):
@@ -912,6 +918,8 @@ def parse_args(argv):
     p.add_argument("--results-dir", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show every load generator run")
+    p.add_argument("--render", metavar="JSON",
+                   help="only rewrite the .md (and .png) of an earlier run from its .json")
     args = p.parse_args(argv)
     q = args.quick
     args.reps = args.reps or (1 if q else 3)
@@ -960,8 +968,36 @@ def check_tools(args):
         raise BenchError("missing: " + "; ".join(missing) + hint)
 
 
+def write_report(args, results, stem):
+    if args.no_chart:
+        results["chart_note"] = "skipped (--no-chart)"
+    else:
+        chart, note = draw_chart(args, results, stem + ".png")
+        results["chart"] = chart
+        if note:
+            results["chart_note"] = note
+            log("chart " + note)
+    report = render(args, results)
+    with open(stem + ".md", "w") as f:
+        f.write(report)
+    return report
+
+
+def rerender(path, no_chart):
+    with open(path) as f:
+        saved = json.load(f)
+    args = argparse.Namespace(**saved.pop("args"))
+    args.no_chart = no_chart
+    stem = path[:-len(".json")] if path.endswith(".json") else path
+    write_report(args, saved, stem)
+    log(f"rewrote {stem}.md" + ("" if no_chart else f" and {stem}.png"))
+    return 0
+
+
 def main(argv):
     args = parse_args(argv)
+    if args.render:
+        return rerender(args.render, args.no_chart)
     check_tools(args)
 
     def on_sigterm(signum, frame):
@@ -1006,17 +1042,7 @@ def main(argv):
 
     os.makedirs(args.results_dir, exist_ok=True)
     stem = os.path.join(args.results_dir, started.strftime("%Y-%m-%dT%H-%M-%S"))
-    if args.no_chart:
-        results["chart_note"] = "skipped (--no-chart)"
-    else:
-        chart, note = draw_chart(args, results, stem + ".png")
-        results["chart"] = chart
-        if note:
-            results["chart_note"] = note
-            log("chart " + note)
-    report = render(args, results)
-    with open(stem + ".md", "w") as f:
-        f.write(report)
+    report = write_report(args, results, stem)
     with open(stem + ".json", "w") as f:
         json.dump({"args": {k: v for k, v in vars(args).items()}, **results}, f, indent=1)
     print(report)
