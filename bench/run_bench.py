@@ -58,7 +58,7 @@ class BenchError(Exception):
 
 
 class Stop(BaseException):
-    """Raised from the SIGTERM handler so every `finally` runs, like Ctrl-C."""
+    """Raised from the SIGINT/SIGTERM handler so every `finally` runs."""
 
 
 # -------------------------------------------------------------------------------------------
@@ -1000,9 +1000,12 @@ def main(argv):
         return rerender(args.render, args.no_chart)
     check_tools(args)
 
-    def on_sigterm(signum, frame):
+    def on_stop_signal(signum, frame):
         raise Stop()
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # Also SIGINT: a shell starts background jobs with SIGINT ignored, and Python then would
+    # not turn it into KeyboardInterrupt; the children must be stopped either way.
+    signal.signal(signal.SIGTERM, on_stop_signal)
+    signal.signal(signal.SIGINT, on_stop_signal)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, args.idle_connections + 256))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
