@@ -19,7 +19,7 @@ uint64_t MemoryStore::EntryBytes(std::string_view key, const Entry& entry) {
 absl::StatusOr<LookupStatus> MemoryStore::Get(std::string_view key, const ReadOptions& options,
                                               ItemHeader* header, std::string* value) {
   const int64_t now = clock_->Now();
-  absl::ReaderMutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   auto it = items_.find(AsAbsl(key));
   if (it == items_.end()) return LookupStatus::kNotFound;
   const Entry& entry = it->second;
@@ -34,7 +34,7 @@ absl::StatusOr<LookupStatus> MemoryStore::Get(std::string_view key, const ReadOp
 absl::Status MemoryStore::Put(std::string_view key, const ItemHeader& header,
                               std::string_view value, const WriteOptions& /*options*/) {
   Entry entry{header, std::string(value)};
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   auto [it, inserted] = items_.try_emplace(AsAbsl(key));
   if (!inserted) bytes_ -= EntryBytes(key, it->second);
   it->second = std::move(entry);
@@ -43,7 +43,7 @@ absl::Status MemoryStore::Put(std::string_view key, const ItemHeader& header,
 }
 
 absl::Status MemoryStore::Delete(std::string_view key, const WriteOptions& /*options*/) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   auto it = items_.find(AsAbsl(key));
   if (it == items_.end()) return absl::OkStatus();
   bytes_ -= EntryBytes(key, it->second);
@@ -56,18 +56,18 @@ absl::StatusOr<uint64_t> MemoryStore::NextCas() {
 }
 
 absl::Status MemoryStore::SetFlushState(const FlushState& state) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   flush_state_ = state;
   return absl::OkStatus();
 }
 
 FlushState MemoryStore::GetFlushState() const {
-  absl::ReaderMutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   return flush_state_;
 }
 
 StoreStats MemoryStore::GetStats() const {
-  absl::ReaderMutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   StoreStats stats;
   stats.approximate_items = items_.size();
   stats.approximate_bytes = bytes_;
@@ -75,7 +75,7 @@ StoreStats MemoryStore::GetStats() const {
 }
 
 size_t MemoryStore::RawSize() const {
-  absl::ReaderMutexLock lock(&mu_);
+  std::lock_guard lock(mu_);
   return items_.size();
 }
 

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -12,7 +13,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "storage/item.h"
 #include "storage/store.h"
@@ -54,7 +54,9 @@ class MemoryStore final : public Store {
   Clock* const clock_;
   std::atomic<uint64_t> next_cas_{1};
 
-  mutable absl::Mutex mu_;
+  // std::mutex rather than absl::Mutex: Debian's Abseil is not built for ThreadSanitizer, which
+  // would then not see this lock's ordering.
+  mutable std::mutex mu_;
   absl::flat_hash_map<std::string, Entry> items_ ABSL_GUARDED_BY(mu_);
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   FlushState flush_state_ ABSL_GUARDED_BY(mu_);
