@@ -26,6 +26,9 @@ using storage::LookupStatus;
 
 namespace {
 
+// memcached's slab_chunk_max (default): larger items are stored in chunks.
+constexpr size_t kChunkedItemSize = 512 * 1024;
+
 // memcached's REALTIME_MAXDELTA: larger exptimes are absolute Unix times.
 constexpr int32_t kRealtimeMaxDelta = 60 * 60 * 24 * 30;
 
@@ -407,7 +410,9 @@ Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
     return Answer(cmd, ctx, Reply::kNotFound);
   }
   uint64_t number = 0;
-  if (!protocol::ParseStoredNumber(value, &number)) {
+  // memcached never does arithmetic on items large enough to be stored in chunks.
+  if (ItemTotalSize(cmd.key.size(), header.flags, value.size()) > kChunkedItemSize ||
+      !protocol::ParseStoredNumber(value, &number)) {
     return Answer(cmd, ctx, ProtocolError::kNonNumeric);
   }
   if (incr) {

@@ -135,7 +135,6 @@ class IncrOnLargeItemTest(unittest.TestCase):
     def setUp(self):
         _skip_unless_both()
 
-    @unittest.expectedFailure
     def test_incr_on_item_over_slab_chunk_max(self):
         value = b"12\r\n" + b"a" * 600000
         requests = [b"set t 0 0 %d\r\n%s\r\n" % (len(value), value), b"incr t 1\r\n",
