@@ -221,12 +221,14 @@ Outcome Engine::Answer(const Command& cmd, ExecContext& ctx, ProtocolError error
   return Outcome::kDone;
 }
 
-std::optional<Outcome> Engine::ReadForUpdate(const Command& cmd, ExecContext& ctx,
-                                             ItemHeader* header, std::string* value, bool* live) {
-  Lookup r = Read(store_, cmd.key, ctx.allow_disk, header, value);
+std::optional<Outcome> Engine::LockAndRead(const Command& cmd, ExecContext& ctx,
+                                           ItemForUpdate* item) {
+  item->lock = LockKey(cmd.key, ctx);
+  if (!item->lock.owns_lock()) return Outcome::kWouldBlock;
+  Lookup r = Read(store_, cmd.key, ctx.allow_disk, &item->header, &item->value);
   if (r.would_block) return Outcome::kWouldBlock;
   if (r.failed) return StorageFailure(cmd, ctx);
-  *live = IsLive(r.status);
+  item->live = IsLive(r.status);
   return std::nullopt;
 }
 
@@ -331,14 +333,11 @@ void Engine::ApplyRetrievalStats(const EngineTotals& delta, ExecContext& ctx) {
 
 Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
   const int64_t now = clock_->Now();
-  std::unique_lock lock = LockKey(cmd.key, ctx);
-  if (!lock.owns_lock()) return Outcome::kWouldBlock;
-  ItemHeader old;
-  std::string old_value;
-  bool exists = false;
-  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &old, &old_value, &exists)) {
-    return *early;
-  }
+  ItemForUpdate item;
+  if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) return *early;
+  ItemHeader& old = item.header;
+  std::string& old_value = item.value;
+  const bool exists = item.live;
   ctx.stats->cmd_set.Add();
   auto reply = [&](Reply what) { return Answer(cmd, ctx, what); };
 
@@ -397,14 +396,11 @@ Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
 
 Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
   const bool incr = cmd.type == CommandType::kIncr;
-  std::unique_lock lock = LockKey(cmd.key, ctx);
-  if (!lock.owns_lock()) return Outcome::kWouldBlock;
-  ItemHeader header;
-  std::string value;
-  bool live = false;
-  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &header, &value, &live)) {
-    return *early;
-  }
+  ItemForUpdate item;
+  if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) return *early;
+  ItemHeader& header = item.header;
+  std::string& value = item.value;
+  const bool live = item.live;
   if (!live) {
     (incr ? ctx.stats->incr_misses : ctx.stats->decr_misses).Add();
     return Answer(cmd, ctx, Reply::kNotFound);
@@ -436,15 +432,9 @@ Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
 }
 
 Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
-  std::unique_lock lock = LockKey(cmd.key, ctx);
-  if (!lock.owns_lock()) return Outcome::kWouldBlock;
-  ItemHeader header;
-  std::string value;
-  bool live = false;
-  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &header, &value, &live)) {
-    return *early;
-  }
-  if (!live) {
+  ItemForUpdate item;
+  if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) return *early;
+  if (!item.live) {
     ctx.stats->delete_misses.Add();
     return Answer(cmd, ctx, Reply::kNotFound);
   }
@@ -462,14 +452,11 @@ Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
 
 Outcome Engine::Touch(const Command& cmd, ExecContext& ctx) {
   const int64_t now = clock_->Now();
-  std::unique_lock lock = LockKey(cmd.key, ctx);
-  if (!lock.owns_lock()) return Outcome::kWouldBlock;
-  ItemHeader header;
-  std::string value;
-  bool live = false;
-  if (std::optional<Outcome> early = ReadForUpdate(cmd, ctx, &header, &value, &live)) {
-    return *early;
-  }
+  ItemForUpdate item;
+  if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) return *early;
+  ItemHeader& header = item.header;
+  std::string& value = item.value;
+  const bool live = item.live;
   ctx.stats->cmd_touch.Add();
   if (!live) {
     ctx.stats->touch_misses.Add();

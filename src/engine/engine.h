@@ -109,10 +109,17 @@ class Engine {
   // Appends the reply unless the command said noreply.
   Outcome Answer(const Command& cmd, ExecContext& ctx, protocol::Reply reply);
   Outcome Answer(const Command& cmd, ExecContext& ctx, ProtocolError error);
-  // The read half of a mutation, with the key's stripe held by the caller: returns the
-  // outcome to give up with (needs disk, storage failure), or nullopt with *live set.
-  std::optional<Outcome> ReadForUpdate(const Command& cmd, ExecContext& ctx,
-                                       storage::ItemHeader* header, std::string* value, bool* live);
+  // A mutation's key, locked (the stripe stays held while this lives) and read.
+  struct ItemForUpdate {
+    std::unique_lock<std::mutex> lock;
+    storage::ItemHeader header;
+    std::string value;
+    bool live = false;
+  };
+  // The read half of a mutation: locks cmd.key's stripe and reads the item. Returns the
+  // outcome to give up with (stripe busy on an event loop, needs disk, storage failure), or
+  // nullopt with *item filled.
+  std::optional<Outcome> LockAndRead(const Command& cmd, ExecContext& ctx, ItemForUpdate* item);
   // Stores the item under cmd.key; nullopt when written, else the outcome to return
   // (kWouldBlock for a write stall on an event loop, or the storage failure reply).
   std::optional<Outcome> Write(const Command& cmd, ExecContext& ctx, std::string_view key,

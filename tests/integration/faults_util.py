@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -16,6 +17,27 @@ import unittest
 import harness
 
 BATCH = 200
+
+
+class PetracacheFaultTest(unittest.TestCase):
+    """Base of the fault suites: petracache only, and each suite's figures (test methods
+    append lines to `summaries`) printed once the class is done."""
+
+    summaries = []
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.summaries = []
+        skip_unless_petracache(cls)
+
+    @classmethod
+    def tearDownClass(cls):
+        for line in cls.summaries:
+            print("\n  " + line, file=sys.stderr, end="")
+        if cls.summaries:
+            print(file=sys.stderr)
+        super().tearDownClass()
 
 
 def skip_unless_petracache(test):

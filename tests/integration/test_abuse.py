@@ -16,7 +16,6 @@ within a few MiB in all of these.
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 import unittest
@@ -95,21 +94,7 @@ def _settle_rss(pid, timeout=5.0):
     return last
 
 
-class AbuseTest(unittest.TestCase):
-    summaries = []
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        fu.skip_unless_petracache(cls)
-
-    @classmethod
-    def tearDownClass(cls):
-        for line in cls.summaries:
-            print("\n  " + line, file=sys.stderr, end="")
-        if cls.summaries:
-            print(file=sys.stderr)
-        super().tearDownClass()
+class AbuseTest(fu.PetracacheFaultTest):
 
     def setUp(self):
         self.server = fu.make_petracache(server=SERVER, storage=STORAGE)

@@ -20,7 +20,6 @@ lost); docs/reliability.md quotes them.
 
 import os
 import random
-import sys
 import threading
 import time
 import unittest
@@ -183,21 +182,7 @@ def _owner(key):
     return int(key.split(b":")[1])
 
 
-class CrashTest(unittest.TestCase):
-    summaries = []
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        fu.skip_unless_petracache(cls)
-
-    @classmethod
-    def tearDownClass(cls):
-        for line in cls.summaries:
-            print("\n  " + line, file=sys.stderr, end="")
-        if cls.summaries:
-            print(file=sys.stderr)
-        super().tearDownClass()
+class CrashTest(fu.PetracacheFaultTest):
 
     def read_all(self, server):
         with harness.connect(server, timeout=30) as c:

@@ -14,7 +14,6 @@ Needs root (mount); skipped with the reason otherwise.
 
 import os
 import re
-import sys
 import time
 import unittest
 
@@ -43,21 +42,7 @@ def _stat(client, name):
     return int(m.group(1)) if m else None
 
 
-class DiskFullTest(unittest.TestCase):
-    summaries = []
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        fu.skip_unless_petracache(cls)
-
-    @classmethod
-    def tearDownClass(cls):
-        for line in cls.summaries:
-            print("\n  " + line, file=sys.stderr, end="")
-        if cls.summaries:
-            print(file=sys.stderr)
-        super().tearDownClass()
+class DiskFullTest(fu.PetracacheFaultTest):
 
     def run_mode(self, mode):
         with fu.tmpfs(TMPFS_MIB) as mnt:
