@@ -310,7 +310,9 @@ void LoopCore::CompactInput(Connection& c) {
 }
 
 void LoopCore::Dispatch(Connection& c) {
-  while (!c.closing_ && !c.close_after_write_ && !shutting_down_ && !c.paused_ && !c.OutputFull()) {
+  // Also while shutting down: requests that already arrived are answered (nothing new is read,
+  // and the shutdown deadline bounds it), so a reply produced in pieces is finished.
+  while (!c.closing_ && !c.close_after_write_ && !c.paused_ && !c.OutputFull()) {
     bool hidden = c.in_visible_ < c.in_.size();
     if (!hidden && (!c.needs_call_ || c.in_visible_ == c.in_begin_)) {
       c.needs_call_ = false;
@@ -326,7 +328,7 @@ void LoopCore::Dispatch(Connection& c) {
 }
 
 bool LoopCore::DispatchPending(const Connection& c) const {
-  return !c.closing_ && !c.close_after_write_ && !shutting_down_ && !c.paused_ && !c.OutputFull() &&
+  return !c.closing_ && !c.close_after_write_ && !c.paused_ && !c.OutputFull() &&
          (c.in_visible_ < c.in_.size() || (c.needs_call_ && c.in_visible_ > c.in_begin_));
 }
 
@@ -350,7 +352,10 @@ void LoopCore::FlushOutput(Connection& c) {
 bool LoopCore::ReadyToClose(const Connection& c) const {
   if (c.pending_output() > 0 || c.send_busy_) return false;
   if (c.close_after_write_) return true;
-  if (shutting_down_) return !c.paused_;
+  if (shutting_down_) {
+    // Close once everything that arrived has been answered (and the answers sent).
+    return !c.paused_ && c.in_visible_ == c.in_.size() && !c.needs_call_;
+  }
   if (c.peer_eof_) {
     // The peer sends nothing more: close once the handler has seen everything and answered.
     return !c.paused_ && c.in_visible_ == c.in_.size() && !c.needs_call_;
