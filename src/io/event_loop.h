@@ -85,6 +85,10 @@ class Connection {
   size_t pending_output() const { return out_.size() + (sending_.size() - sending_off_); }
   bool OutputFull() const { return pending_output() >= max_pending_output_; }
 
+  // Queues the connection for the end-of-iteration pass, so output appended outside its own
+  // callbacks (in Handler::OnBatchEnd or a Post()ed function) is sent.
+  void Wake();
+
   // Sends the remaining output, then closes the connection. No OnInput calls follow.
   void CloseAfterWrite();
 
@@ -151,6 +155,10 @@ class Handler {
   // input() has new bytes, or the connection was unpaused / its output drained with input
   // left. Consume what was handled; leave an incomplete request in input().
   virtual void OnInput(Connection& c) = 0;
+  // Called once per loop iteration that ran OnInput, after every OnInput of the iteration and
+  // before any of their output is sent: the place to finish work the replies depend on (e.g.
+  // commit the writes they acknowledge, once for all of them).
+  virtual void OnBatchEnd() {}
   // Called exactly once per opened connection, when it closes for any reason. No callbacks
   // for the connection follow; release user_data here.
   virtual void OnClose(Connection& c) {}

@@ -41,6 +41,8 @@ void Connection::CloseAfterWrite() {
   loop_->MarkDirty(*this);
 }
 
+void Connection::Wake() { loop_->MarkDirty(*this); }
+
 void Connection::SetPaused(bool paused) {
   if (paused_ == paused) return;
   paused_ = paused;
@@ -309,22 +311,25 @@ void LoopCore::CompactInput(Connection& c) {
   }
 }
 
-void LoopCore::Dispatch(Connection& c) {
+bool LoopCore::Dispatch(Connection& c) {
   // Also while shutting down: requests that already arrived are answered (nothing new is read,
   // and the shutdown deadline bounds it), so a reply produced in pieces is finished.
+  bool called = false;
   while (!c.closing_ && !c.close_after_write_ && !c.paused_ && !c.OutputFull()) {
     bool hidden = c.in_visible_ < c.in_.size();
     if (!hidden && (!c.needs_call_ || c.in_visible_ == c.in_begin_)) {
       c.needs_call_ = false;
-      return;
+      return called;
     }
     c.in_visible_ = std::min(c.in_.size(), c.in_visible_ + options_.read_buffer_size);
     c.needs_call_ = false;
     handler_->OnInput(c);
+    called = true;
     // A handler that stopped early because the output is full gets called again after it
     // drains.
     if (c.OutputFull() && c.in_visible_ > c.in_begin_) c.needs_call_ = true;
   }
+  return called;
 }
 
 bool LoopCore::DispatchPending(const Connection& c) const {
@@ -376,14 +381,21 @@ bool LoopCore::WantRead(const Connection& c) const {
 void LoopCore::ProcessDirty() {
   while (!dirty_.empty()) {
     dirty_batch_.swap(dirty_);
+    // dirty_ stays set during both passes: whatever the handler does meanwhile (output(),
+    // SetPaused, CloseAfterWrite, Wake) is handled by the second pass without queueing the
+    // connection again.
+    bool dispatched = false;
     for (uint64_t id : dirty_batch_) {
       Connection* c = FindOpen(id);
       if (c == nullptr) continue;
-      // dirty_ stays set during the pass: whatever the handler does now (output(), SetPaused,
-      // CloseAfterWrite) is handled by the steps below without queueing the connection again.
+      dispatched |= Dispatch(*c);
+    }
+    // Every reply of the batch exists now; none has been sent.
+    if (dispatched) handler_->OnBatchEnd();
+    for (uint64_t id : dirty_batch_) {
       // Steps that can close the connection may also free it: look it up again after each.
-      Dispatch(*c);
-      if (c->closing_) continue;
+      Connection* c = FindOpen(id);
+      if (c == nullptr) continue;
       CompactInput(*c);
       FlushOutput(*c);  // epoll writes synchronously and closes on a send error
       if ((c = FindOpen(id)) == nullptr) continue;

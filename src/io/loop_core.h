@@ -136,7 +136,8 @@ class LoopCore : public EventLoop {
     std::unique_ptr<Connection> conn;
   };
 
-  void Dispatch(Connection& c);
+  // Calls OnInput while there is input to show; returns whether it called at all.
+  bool Dispatch(Connection& c);
   void CompactInput(Connection& c);
   void FlushOutput(Connection& c);
   bool ReadyToClose(const Connection& c) const;

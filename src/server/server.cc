@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 
@@ -30,9 +31,6 @@ void OnSignal(int) {
   uint64_t one = 1;
   if (g_wake_fd >= 0) (void)!write(g_wake_fd, &one, sizeof(one));
 }
-
-// Blocking-pool width in durability = sync mode (see Server::Create).
-constexpr uint64_t kSyncWriteThreads = 32;
 
 // Stats block of the current blocking-pool thread.
 thread_local engine::EngineStats* tls_pool_stats = nullptr;
@@ -94,38 +92,68 @@ std::vector<std::pair<std::string, std::string>> SettingsFor(const Config& c, in
 
 }  // namespace
 
-// The io::Handler of one event loop: keeps a Session per connection.
+// The io::Handler of one event loop: keeps a Session per connection, and commits the writes
+// of each loop iteration at once (group commit) before the replies that depend on them leave.
 class Server::Handler final : public io::Handler {
  public:
-  Handler(Server* server, engine::EngineStats* stats) : server_(server), stats_(stats) {}
+  Handler(Server* server, engine::EngineStats* stats)
+      : server_(server), stats_(stats), store_(server->engine_->store()) {}
   void set_loop(io::EventLoop* loop) { loop_ = loop; }
 
   void OnOpen(io::Connection& c) override {
-    c.user_data = new Session(server_->engine_.get(), stats_, SessionOptionsFor(server_->config_));
+    c.user_data = new Conn(server_->engine_.get(), stats_, SessionOptionsFor(server_->config_));
   }
 
   void OnInput(io::Connection& c) override {
-    auto* session = static_cast<Session*>(c.user_data);
-    SessionResult r = session->Process(c.input(), &c.output());
+    Conn& conn = ConnOf(c);
+    SessionResult r = conn.session.Process(c.input(), &c.output());
     c.Consume(r.consumed);
+    if (conn.session.holding() && !conn.waiting_commit) {
+      conn.waiting_commit = true;
+      waiting_.push_back(&c);
+    }
     switch (r.action) {
       case SessionAction::kContinue:
-        return;
+        break;
       case SessionAction::kClose:
-        c.CloseAfterWrite();
-        return;
       case SessionAction::kShutdown:
-        c.CloseAfterWrite();
-        RequestShutdown();
-        return;
+        // Held replies go first: the close waits for their commit.
+        conn.then = r.action;
+        if (!conn.waiting_commit) Finish(c);
+        break;
       case SessionAction::kNeedDisk:
-        RunOnDisk(c, session->disk_request(), session->disk_first_key());
-        return;
+        RunOnDisk(c, conn.session.disk_request(), conn.session.disk_first_key());
+        break;
     }
+    UpdatePause(c);
+  }
+
+  void OnBatchEnd() override {
+    if (waiting_.empty() || commit_in_flight_) return;
+    if (!store_->CommitWaitsForDevice()) {
+      // wal: writing the WAL buffer to the OS is quick; do it once for the whole batch.
+      Released(store_->Commit(store_->CommitMark()));
+      return;
+    }
+    // sync: an fsync must not stall the loop. Replies keep waiting (their connections paused)
+    // while the commit thread syncs; writes made meanwhile join the next commit.
+    commit_in_flight_ = true;
+    storage::Store* store = store_;
+    io::EventLoop* loop = loop_;
+    server_->commit_pool_->Submit([this, store, loop, mark = store_->CommitMark()] {
+      absl::Status status = store->Commit(mark);
+      loop->Post([this, status = std::move(status)] {
+        commit_in_flight_ = false;
+        Released(status);
+        OnBatchEnd();  // replies that arrived during the commit
+      });
+    });
   }
 
   void OnClose(io::Connection& c) override {
-    delete static_cast<Session*>(c.user_data);
+    Conn* conn = &ConnOf(c);
+    if (conn->waiting_commit) waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &c));
+    delete conn;
     c.user_data = nullptr;
   }
 
@@ -133,37 +161,95 @@ class Server::Handler final : public io::Handler {
     SessionOptions o;
     o.parser.item_size_max = config.item_size_max;
     o.max_output = config.server.write_buffer_size;
-    o.offload_writes = config.storage.durability == storage::Durability::kSync;
     return o;
   }
 
  private:
+  // Per-connection state.
+  struct Conn {
+    Conn(engine::Engine* engine, engine::EngineStats* stats, const SessionOptions& options)
+        : session(engine, stats, options) {}
+    Session session;
+    bool waiting_commit = false;  // in waiting_: the session holds replies
+    bool waiting_disk = false;    // a request runs on the disk pool
+    SessionAction then = SessionAction::kContinue;  // close or shut down once replies are out
+  };
+  static Conn& ConnOf(io::Connection& c) { return *static_cast<Conn*>(c.user_data); }
+
+  // Paused: no more input is handled while a disk request runs (its reply comes first), while
+  // replies wait for an fsync (nothing may close the connection under them), or while held
+  // replies fill the output budget.
+  void UpdatePause(io::Connection& c) {
+    Conn& conn = ConnOf(c);
+    const bool pause =
+        conn.waiting_disk ||
+        (conn.waiting_commit && (store_->CommitWaitsForDevice() ||
+                                 conn.session.held_bytes() >= server_->config_.server.write_buffer_size));
+    c.SetPaused(pause);
+  }
+
+  void Finish(io::Connection& c) {
+    Conn& conn = ConnOf(c);
+    if (conn.then == SessionAction::kContinue) return;
+    c.CloseAfterWrite();
+    if (conn.then == SessionAction::kShutdown) RequestShutdown();
+  }
+
+  // A commit finished: release the replies it covers (all of them, rewritten, if it failed).
+  void Released(const absl::Status& status) {
+    if (!status.ok()) ReportCommitFailure(status);
+    std::vector<io::Connection*> waiting;
+    waiting.swap(waiting_);
+    for (io::Connection* c : waiting) {
+      Conn& conn = ConnOf(*c);
+      if (status.ok() && !store_->Committed(conn.session.held_mark())) {
+        waiting_.push_back(c);  // written after the commit began
+        continue;
+      }
+      conn.session.ReleaseHeld(status, &c->output());
+      conn.waiting_commit = false;
+      c->Wake();
+      Finish(*c);
+      UpdatePause(*c);
+    }
+  }
+
+  void ReportCommitFailure(const absl::Status& status) {
+    PC_LOG(kError, "storage: commit failed, writes answered with SERVER_ERROR: %s",
+           status.ToString());
+  }
+
   // The connection waits (paused, in order) while a pool thread runs the request.
   void RunOnDisk(io::Connection& c, std::string request, size_t first_key) {
-    c.SetPaused(true);
+    ConnOf(c).waiting_disk = true;
     Server* server = server_;
     io::EventLoop* loop = loop_;
-    server->disk_pool_->Submit([server, loop, id = c.id(), request = std::move(request),
+    server->disk_pool_->Submit([this, server, loop, id = c.id(), request = std::move(request),
                                 first_key] {
       std::string out;
       SessionAction action =
           Session::RunBlocking(server->engine_.get(), tls_pool_stats,
                                SessionOptionsFor(server->config_).parser, request, first_key, &out);
-      loop->PostToConnection(id, [out = std::move(out), action](io::Connection& conn) {
-        conn.output().append(out);
-        if (action == SessionAction::kClose || action == SessionAction::kShutdown) {
-          conn.CloseAfterWrite();
-          if (action == SessionAction::kShutdown) RequestShutdown();
+      loop->PostToConnection(id, [this, out = std::move(out), action](io::Connection& done) {
+        Conn& conn = ConnOf(done);
+        conn.session.AppendReply(out, &done.output());
+        conn.waiting_disk = false;
+        if (action != SessionAction::kContinue) {
+          conn.then = action;
+          if (!conn.waiting_commit) Finish(done);
           return;
         }
-        conn.SetPaused(false);
+        UpdatePause(done);
       });
     });
   }
 
   Server* const server_;
   engine::EngineStats* const stats_;
+  storage::Store* const store_;
   io::EventLoop* loop_ = nullptr;
+  std::vector<io::Connection*> waiting_;  // connections whose sessions hold replies
+  bool commit_in_flight_ = false;         // sync: a commit runs on the commit thread
 };
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
@@ -212,15 +298,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
   server->engine_->SetSettings(SettingsFor(c, server->port_));
 
   engine::Engine* engine = server->engine_.get();
-  // In sync mode every write waits here for its fsync. RocksDB's group commit lets writers
-  // that wait at the same time share one fsync, so the pool must be wide enough for many
-  // connections' writes to wait together.
-  uint64_t pool_threads = std::max<uint64_t>(1, c.server.disk_read_threads);
-  if (c.storage.durability == storage::Durability::kSync) {
-    pool_threads = std::max<uint64_t>(pool_threads, kSyncWriteThreads);
-  }
   server->disk_pool_ = std::make_unique<ThreadPool>(
-      pool_threads, "pc-disk", [engine](size_t) { tls_pool_stats = engine->RegisterStats(); });
+      std::max<uint64_t>(1, c.server.disk_read_threads), "pc-disk",
+      [engine](size_t) { tls_pool_stats = engine->RegisterStats(); });
+  if (engine_store->CommitWaitsForDevice()) {
+    server->commit_pool_ = std::make_unique<ThreadPool>(1, "pc-commit");
+  }
 
   for (uint64_t i = 0; i < c.server.threads; ++i) {
     auto handler = std::make_unique<Handler>(raw, engine->RegisterStats());
@@ -272,6 +355,7 @@ Server::Server(const Config& config) : config_(config) {}
 Server::~Server() {
   // Pool threads post replies to loops: stop them before the loops go away.
   disk_pool_.reset();
+  commit_pool_.reset();
   loops_.clear();
   handlers_.clear();
 }
@@ -357,6 +441,7 @@ void Server::Run() {
   disk_pool_.reset();
   for (auto& loop : loops_) loop->Shutdown();
   for (auto& t : threads) t.join();
+  commit_pool_.reset();
   PC_LOG(kInfo, "connections closed; closing the database");
   admin_.reset();
   engine_.reset();

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -58,6 +59,8 @@ class Server {
   std::unique_ptr<AdminServer> admin_;               // declared early: destroyed after the loops
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<ThreadPool> disk_pool_;
+  // durability = sync: the one thread that runs the loops' group commits (each an fsync).
+  std::unique_ptr<ThreadPool> commit_pool_;
   std::vector<io::UniqueFd> listen_fds_;  // until each loop takes its own
   std::vector<std::unique_ptr<Handler>> handlers_;
   std::vector<std::unique_ptr<io::EventLoop>> loops_;

@@ -2,6 +2,10 @@
 // copy on a blocking thread, because the input buffer may move while they wait.
 #include "server/session.h"
 
+#include <algorithm>
+
+#include "protocol/encoder.h"
+
 namespace petracache::server {
 namespace {
 
@@ -21,8 +25,12 @@ SessionAction ActionFor(engine::Outcome outcome) {
 
 }  // namespace
 
-bool Session::IsMutation(CommandType type) {
+bool Session::UsesStore(CommandType type) {
   switch (type) {
+    case CommandType::kGet:
+    case CommandType::kGets:
+    case CommandType::kGat:
+    case CommandType::kGats:
     case CommandType::kSet:
     case CommandType::kAdd:
     case CommandType::kReplace:
@@ -34,8 +42,6 @@ bool Session::IsMutation(CommandType type) {
     case CommandType::kIncr:
     case CommandType::kDecr:
     case CommandType::kTouch:
-    case CommandType::kGat:
-    case CommandType::kGats:
     case CommandType::kFlushAll:
       return true;
     default:
@@ -43,39 +49,126 @@ bool Session::IsMutation(CommandType type) {
   }
 }
 
-SessionResult Session::Process(std::string_view input, std::string* out) {
-  size_t pos = 0;
-  while (out->size() < options_.max_output) {
-    protocol::ParseResult r = parser_.Parse(input.substr(pos), &command_);
-    if (r.status == protocol::ParseStatus::kNeedMore)
-      return {pos + r.consumed, SessionAction::kContinue};
-    if (r.status == protocol::ParseStatus::kClose) return {input.size(), SessionAction::kClose};
+bool Session::AcknowledgesWrite(const Command& command) {
+  if (command.error != ProtocolError::kNone || command.noreply) return false;
+  switch (command.type) {
+    case CommandType::kSet:
+    case CommandType::kAdd:
+    case CommandType::kReplace:
+    case CommandType::kAppend:
+    case CommandType::kPrepend:
+    case CommandType::kCas:
+    case CommandType::kLeaseSet:
+    case CommandType::kDelete:
+    case CommandType::kIncr:
+    case CommandType::kDecr:
+    case CommandType::kTouch:
+      return true;
+    default:
+      // gat/gats are answered with the values, which stay true whether or not the touch
+      // survives; flush_all persists its own state synchronously.
+      return false;
+  }
+}
 
-    const bool offload = options_.offload_writes && command_.error == ProtocolError::kNone &&
-                         IsMutation(command_.type);
-    engine::Outcome outcome = engine::Outcome::kWouldBlock;
-    engine::ExecContext ctx{out, stats_, /*allow_disk=*/false};
+SessionResult Session::Process(std::string_view input, std::string* out) {
+  // Behind held replies, new ones are held too.
+  std::string* dest = holding_ ? &held_ : out;
+  const size_t start = dest->size();
+  acks_.clear();
+  bool used_store = false;
+  SessionResult result{0, SessionAction::kContinue};
+  size_t pos = 0;
+  while (true) {
+    if (dest->size() >= options_.max_output) {
+      result = {pos, SessionAction::kContinue};
+      break;
+    }
+    protocol::ParseResult r = parser_.Parse(input.substr(pos), &command_);
+    if (r.status == protocol::ParseStatus::kNeedMore) {
+      result = {pos + r.consumed, SessionAction::kContinue};
+      break;
+    }
+    if (r.status == protocol::ParseStatus::kClose) {
+      result = {input.size(), SessionAction::kClose};
+      break;
+    }
+    engine::ExecContext ctx{dest, stats_, /*allow_disk=*/false};
     ctx.first_key = resume_key_;
     ctx.output_limit = options_.max_output;
-    if (!offload) outcome = engine_->Execute(command_, ctx);
+    const size_t before = dest->size();
+    const engine::Outcome outcome = engine_->Execute(command_, ctx);
+    if (command_.error == ProtocolError::kNone && UsesStore(command_.type)) used_store = true;
     if (outcome == engine::Outcome::kPartial) {
       // Leave the request in the input; the next call re-parses it and goes on from here.
       resume_key_ = ctx.next_key;
-      return {pos + r.skipped, SessionAction::kContinue};
+      result = {pos + r.skipped, SessionAction::kContinue};
+      break;
     }
     if (outcome == engine::Outcome::kWouldBlock) {
       // The request only: not the tail of a swallowed data block parsed before it.
       disk_request_.assign(input.substr(pos + r.skipped, r.consumed - r.skipped));
       disk_first_key_ = resume_key_;
       resume_key_ = 0;
-      return {pos + r.consumed, SessionAction::kNeedDisk};
+      result = {pos + r.consumed, SessionAction::kNeedDisk};
+      break;
+    }
+    if (AcknowledgesWrite(command_) && dest->size() > before) {
+      acks_.emplace_back(before, dest->size());
     }
     resume_key_ = 0;
     pos += r.consumed;
-    SessionAction action = ActionFor(outcome);
-    if (action != SessionAction::kContinue) return {pos, action};
+    const SessionAction action = ActionFor(outcome);
+    if (action != SessionAction::kContinue) {
+      result = {pos, action};
+      break;
+    }
   }
-  return {pos, SessionAction::kContinue};
+
+  if (holding_) {
+    held_acks_.insert(held_acks_.end(), acks_.begin(), acks_.end());
+    if (used_store) held_mark_ = std::max(held_mark_, engine_->store()->CommitMark());
+  } else if (used_store && dest->size() > start) {
+    storage::Store* store = engine_->store();
+    const uint64_t mark = store->CommitMark();
+    if (!store->Committed(mark)) Hold(out, start, mark);
+  }
+  return result;
+}
+
+void Session::Hold(std::string* out, size_t start, uint64_t mark) {
+  held_.assign(*out, start);
+  out->resize(start);
+  for (const auto& [begin, end] : acks_) held_acks_.emplace_back(begin - start, end - start);
+  holding_ = true;
+  held_mark_ = mark;
+}
+
+void Session::ReleaseHeld(const absl::Status& commit, std::string* out) {
+  if (commit.ok()) {
+    if (out->empty()) {
+      out->swap(held_);
+    } else {
+      out->append(held_);
+    }
+  } else {
+    size_t pos = 0;
+    for (const auto& [begin, end] : held_acks_) {
+      out->append(held_, pos, begin - pos);
+      protocol::AppendError(out, ProtocolError::kStorageFailure);
+      stats_->storage_errors.Add();
+      pos = end;
+    }
+    out->append(held_, pos);
+  }
+  held_.clear();
+  held_acks_.clear();
+  holding_ = false;
+  held_mark_ = 0;
+}
+
+void Session::AppendReply(std::string_view reply, std::string* out) {
+  (holding_ ? held_ : *out).append(reply);
 }
 
 SessionAction Session::RunBlocking(engine::Engine* engine, engine::EngineStats* stats,
@@ -87,7 +180,19 @@ SessionAction Session::RunBlocking(engine::Engine* engine, engine::EngineStats* 
   if (r.status != protocol::ParseStatus::kCommand) return SessionAction::kClose;
   engine::ExecContext ctx{out, stats, /*allow_disk=*/true};
   ctx.first_key = first_key;
-  return ActionFor(engine->Execute(command, ctx));
+  const size_t start = out->size();
+  const SessionAction action = ActionFor(engine->Execute(command, ctx));
+  if (UsesStore(command.type)) {
+    // This thread may wait: commit here rather than hold the reply.
+    storage::Store* store = engine->store();
+    absl::Status commit = store->Commit(store->CommitMark());
+    if (!commit.ok() && AcknowledgesWrite(command) && out->size() > start) {
+      out->resize(start);
+      protocol::AppendError(out, ProtocolError::kStorageFailure);
+      stats->storage_errors.Add();
+    }
+  }
+  return action;
 }
 
 }  // namespace petracache::server

@@ -48,6 +48,10 @@ class CachingStore final : public Store {
                                  std::string_view value, const WriteOptions& options) override;
   [[nodiscard]] absl::Status Delete(std::string_view key, const WriteOptions& options) override;
   [[nodiscard]] absl::StatusOr<uint64_t> NextCas() override { return inner_->NextCas(); }
+  uint64_t CommitMark() const override { return inner_->CommitMark(); }
+  bool Committed(uint64_t mark) const override { return inner_->Committed(mark); }
+  [[nodiscard]] absl::Status Commit(uint64_t mark) override { return inner_->Commit(mark); }
+  bool CommitWaitsForDevice() const override { return inner_->CommitWaitsForDevice(); }
   // An immediate flush_all also empties the tier (its entries would all be dead).
   [[nodiscard]] absl::Status SetFlushState(const FlushState& state) override;
   FlushState GetFlushState() const override { return inner_->GetFlushState(); }

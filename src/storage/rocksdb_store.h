@@ -20,8 +20,8 @@ namespace petracache::storage {
 // What a successful Put/Delete guarantees ([storage] durability = none | wal | sync).
 enum class Durability {
   kNone,  // no WAL: a crash loses writes not yet flushed to SST; a clean close loses nothing
-  kWal,   // WAL written to the OS before returning: survives kill -9, not power loss
-  kSync,  // WAL fsynced before returning (concurrent writers share one fsync)
+  kWal,   // committed = WAL written to the OS: survives kill -9, not power loss
+  kSync,  // committed = WAL fsynced: survives power loss
 };
 
 // Accepts "none", "wal", "sync". Returns false (and leaves *out alone) for anything else.
@@ -68,6 +68,13 @@ class RocksDbStore final : public Store {
   [[nodiscard]] absl::Status Put(std::string_view key, const ItemHeader& header,
                                  std::string_view value, const WriteOptions& options) override;
   [[nodiscard]] absl::Status Delete(std::string_view key, const WriteOptions& options) override;
+  // Group commit: the WAL is kept in RocksDB's buffer (manual_wal_flush) until Commit writes
+  // it (wal) or writes and fsyncs it (sync), once for every write made so far. Marks are
+  // RocksDB sequence numbers, published only after a write's WAL record is buffered.
+  uint64_t CommitMark() const override;
+  bool Committed(uint64_t mark) const override;
+  [[nodiscard]] absl::Status Commit(uint64_t mark) override;
+  bool CommitWaitsForDevice() const override;
   [[nodiscard]] absl::StatusOr<uint64_t> NextCas() override;
   [[nodiscard]] absl::Status SetFlushState(const FlushState& state) override;
   FlushState GetFlushState() const override;
@@ -84,7 +91,7 @@ class RocksDbStore final : public Store {
   [[nodiscard]] absl::Status Checkpoint(const std::string& dir);
   // Numeric RocksDB health values (snake_case names) for `stats` and /metrics: block cache
   // usage/capacity/hits/misses, memtable bytes, key estimate, live SST bytes, pending
-  // compaction bytes, write stall micros, background errors, WAL syncs.
+  // compaction bytes, write stall micros, background errors, WAL syncs, group commits.
   std::vector<std::pair<std::string, uint64_t>> Properties() const;
   // Exact number of records in the items column family (a full scan, dead items included
   // until compaction drops them). For tests and operators; not for the request path.
@@ -93,7 +100,7 @@ class RocksDbStore final : public Store {
   // corrupt records. Not for production use.
   [[nodiscard]] absl::Status PutRawRecordForTesting(std::string_view key, std::string_view record);
 
-  // Flushes the memtables when durability is kNone, then closes the database. Idempotent.
+  // Commits buffered WAL records (wal, sync) or flushes the memtables (none), then closes the database. Idempotent.
   // No other method may be called afterwards.
   [[nodiscard]] absl::Status Close();
 

@@ -55,8 +55,9 @@ class Store {
                                                          const ReadOptions& options,
                                                          ItemHeader* header,
                                                          std::string* value) = 0;
-  // Stores the item, replacing any previous one. Durable per the store's durability mode
-  // when it returns OK. With options.no_stall, a write the store would have to delay (a
+  // Stores the item, replacing any previous one. Readers see it once this returns OK; it is
+  // durable per the store's durability mode once a Commit() covering it returns OK (see
+  // CommitMark). With options.no_stall, a write the store would have to delay (a
   // RocksDB write stall) fails at once with an Unavailable status, having written nothing.
   [[nodiscard]] virtual absl::Status Put(std::string_view key, const ItemHeader& header,
                                          std::string_view value, const WriteOptions& options) = 0;
@@ -66,6 +67,18 @@ class Store {
   }
   [[nodiscard]] virtual absl::Status Delete(std::string_view key, const WriteOptions& options) = 0;
   [[nodiscard]] absl::Status Delete(std::string_view key) { return Delete(key, WriteOptions{}); }
+
+  // Group commit. Writes become visible when Put/Delete return but durable only when
+  // committed, so many writes can share one WAL write (and one fsync). CommitMark() names
+  // every write visible at the time of the call, Committed(mark) says whether those are all
+  // durable, and Commit(mark) makes them durable, blocking; concurrent callers share the
+  // work. A reply that acknowledges a write, or shows data another client wrote, may leave
+  // only once Committed(its mark). Stores without a write-ahead log answer 0 / true / OK.
+  virtual uint64_t CommitMark() const { return 0; }
+  virtual bool Committed(uint64_t mark) const { return true; }
+  [[nodiscard]] virtual absl::Status Commit(uint64_t mark) { return absl::OkStatus(); }
+  // Whether Commit waits for the device (fsync): callers on event loops hand it off.
+  virtual bool CommitWaitsForDevice() const { return false; }
 
   // A fresh CAS value: unique and strictly greater than every value handed out before, also
   // across restarts of a persistent store.

@@ -136,17 +136,6 @@ TEST_F(SessionTest, HugeMultiGetIsAnsweredInOutputSizedPieces) {
   EXPECT_EQ(engine_.Totals().get_hits, 10u);
 }
 
-TEST_F(SessionTest, OffloadedWritesInSyncMode) {
-  SessionOptions options;
-  options.offload_writes = true;
-  Session session(&engine_, stats_, options);
-  std::string out;
-  SessionResult r = session.Process("get a\r\nincr a 1\r\nget a\r\n", &out);
-  EXPECT_EQ(r.action, SessionAction::kNeedDisk);
-  EXPECT_EQ(session.disk_request(), "incr a 1\r\n");
-  EXPECT_EQ(out, "END\r\n");
-}
-
 TEST_F(SessionTest, StopsProducingWhenOutputIsFull) {
   SessionOptions options;
   options.max_output = 10;
