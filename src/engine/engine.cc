@@ -334,7 +334,14 @@ void Engine::ApplyRetrievalStats(const EngineTotals& delta, ExecContext& ctx) {
 Outcome Engine::StoreItem(const Command& cmd, ExecContext& ctx) {
   const int64_t now = clock_->Now();
   ItemForUpdate item;
-  if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) return *early;
+  if (cmd.type == CommandType::kSet || cmd.type == CommandType::kLeaseSet) {
+    // A set replaces whatever is there: it needs the key's lock (ordering against concurrent
+    // read-modify-writes), not the old item.
+    item.lock = LockKey(cmd.key, ctx);
+    if (!item.lock.owns_lock()) return Outcome::kWouldBlock;
+  } else if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) {
+    return *early;
+  }
   ItemHeader& old = item.header;
   std::string& old_value = item.value;
   const bool exists = item.live;

@@ -70,11 +70,12 @@ TEST_F(SessionTest, PipelinedRequestsAnswerInOrder) {
 TEST_F(SessionTest, DiskBoundRequestIsHandedOverAndAnsweredInOrder) {
   Session session(&engine_, stats_, {});
   std::string out;
-  std::string_view in = "set cold 0 0 1\r\nc\r\nget a\r\nget cold\r\nget a\r\n";
-  // A set reads the old item first (add/cas rules), so a cold key sends it to disk too.
+  std::string_view in = "add cold 0 0 1\r\nc\r\nget a\r\nget cold\r\nget a\r\n";
+  // add reads the old item first (it stores only over a missing one), so a cold key sends it
+  // to disk too.
   SessionResult r = session.Process(in, &out);
   ASSERT_EQ(r.action, SessionAction::kNeedDisk);
-  EXPECT_EQ(session.disk_request(), "set cold 0 0 1\r\nc\r\n");
+  EXPECT_EQ(session.disk_request(), "add cold 0 0 1\r\nc\r\n");
   EXPECT_EQ(Session::RunBlocking(&engine_, stats_, {}, session.disk_request(),
                                  session.disk_first_key(), &out),
             SessionAction::kContinue);
@@ -88,6 +89,14 @@ TEST_F(SessionTest, DiskBoundRequestIsHandedOverAndAnsweredInOrder) {
   r = session.Process(in, &out);
   EXPECT_EQ(r.action, SessionAction::kContinue);
   EXPECT_EQ(out, "STORED\r\nEND\r\nVALUE cold 0 1\r\nc\r\nEND\r\nEND\r\n");
+}
+
+TEST_F(SessionTest, SetNeedsNoReadSoAColdKeyStaysOnTheLoop) {
+  Session session(&engine_, stats_, {});
+  std::string out;
+  SessionResult r = session.Process("set cold 0 0 1\r\nc\r\n", &out);
+  EXPECT_EQ(r.action, SessionAction::kContinue);
+  EXPECT_EQ(out, "STORED\r\n");
 }
 
 TEST_F(SessionTest, DiskRequestAfterASwallowedBlockIsOnlyTheRequest) {
