@@ -39,6 +39,53 @@ class ColdKeyStore final : public storage::Store {
   storage::MemoryStore inner_;
 };
 
+// A store with a write-ahead log in the group-commit sense: every write raises the mark, and
+// only Commit() (which can be made to fail) makes writes committed.
+class CommitStore final : public storage::Store {
+ public:
+  explicit CommitStore(Clock* clock) : inner_(clock) {}
+  absl::StatusOr<storage::LookupStatus> Get(std::string_view key,
+                                            const storage::ReadOptions& options,
+                                            storage::ItemHeader* header,
+                                            std::string* value) override {
+    return inner_.Get(key, options, header, value);
+  }
+  using Store::Delete;
+  using Store::Put;
+  absl::Status Put(std::string_view key, const storage::ItemHeader& header, std::string_view value,
+                   const storage::WriteOptions& options) override {
+    ++written_;
+    return inner_.Put(key, header, value, options);
+  }
+  absl::Status Delete(std::string_view key, const storage::WriteOptions& options) override {
+    ++written_;
+    return inner_.Delete(key, options);
+  }
+  absl::StatusOr<uint64_t> NextCas() override { return inner_.NextCas(); }
+  absl::Status SetFlushState(const storage::FlushState& s) override {
+    return inner_.SetFlushState(s);
+  }
+  storage::FlushState GetFlushState() const override { return inner_.GetFlushState(); }
+  storage::StoreStats GetStats() const override { return inner_.GetStats(); }
+
+  uint64_t CommitMark() const override { return written_; }
+  bool Committed(uint64_t mark) const override { return mark <= committed_; }
+  absl::Status Commit(uint64_t mark) override {
+    ++commits;
+    if (!fail.ok()) return fail;
+    committed_ = written_;
+    return absl::OkStatus();
+  }
+
+  absl::Status fail;
+  int commits = 0;
+
+ private:
+  storage::MemoryStore inner_;
+  uint64_t written_ = 0;
+  uint64_t committed_ = 0;
+};
+
 class SessionTest : public ::testing::Test {
  protected:
   SessionTest() : store_(&clock_), engine_(&store_, &clock_, Options()) {
@@ -171,6 +218,103 @@ TEST_F(SessionTest, ShutdownWhenEnabled) {
   Session session(&engine, engine.RegisterStats(), {});
   std::string out;
   EXPECT_EQ(session.Process("shutdown\r\n", &out).action, SessionAction::kShutdown);
+}
+
+class GroupCommitTest : public ::testing::Test {
+ protected:
+  GroupCommitTest() : store_(&clock_), engine_(&store_, &clock_, engine::EngineOptions{}) {
+    stats_ = engine_.RegisterStats();
+  }
+  FakeClock clock_;
+  CommitStore store_;
+  engine::Engine engine_;
+  engine::EngineStats* stats_;
+};
+
+TEST_F(GroupCommitTest, WriteAcknowledgementWaitsForTheCommit) {
+  Session session(&engine_, stats_, {});
+  std::string out;
+  SessionResult r = session.Process("set a 0 0 1\r\n1\r\n", &out);
+  EXPECT_EQ(r.action, SessionAction::kContinue);
+  EXPECT_EQ(out, "");
+  ASSERT_TRUE(session.holding());
+  EXPECT_FALSE(store_.Committed(session.held_mark()));
+  ASSERT_TRUE(store_.Commit(session.held_mark()).ok());
+  EXPECT_TRUE(store_.Committed(session.held_mark()));
+  session.ReleaseHeld(absl::OkStatus(), &out);
+  EXPECT_EQ(out, "STORED\r\n");
+  EXPECT_FALSE(session.holding());
+}
+
+TEST_F(GroupCommitTest, LaterRepliesQueueBehindHeldOnes) {
+  Session session(&engine_, stats_, {});
+  std::string out;
+  session.Process("set a 0 0 1\r\n1\r\n", &out);
+  ASSERT_TRUE(session.holding());
+  // Neither a read nor a command that never touches the store may overtake the held reply.
+  session.Process("get a\r\nversion\r\n", &out);
+  session.AppendReply("END\r\n", &out);  // as a disk request's reply would be
+  EXPECT_EQ(out, "");
+  ASSERT_TRUE(store_.Commit(session.held_mark()).ok());
+  session.ReleaseHeld(absl::OkStatus(), &out);
+  EXPECT_EQ(out, "STORED\r\nVALUE a 0 1\r\n1\r\nEND\r\nVERSION \r\nEND\r\n");
+}
+
+TEST_F(GroupCommitTest, ReadsOfUncommittedDataWaitButOthersDoNot) {
+  Session writer(&engine_, stats_, {});
+  Session reader(&engine_, stats_, {});
+  std::string out;
+  writer.Process("set a 0 0 1 noreply\r\n1\r\n", &out);
+  EXPECT_FALSE(writer.holding());  // nothing acknowledged
+  reader.Process("version\r\n", &out);
+  EXPECT_FALSE(reader.holding());
+  EXPECT_EQ(out, "VERSION \r\n");
+  out.clear();
+  // Another client's uncommitted write is visible, so the reply showing it waits.
+  reader.Process("get a\r\n", &out);
+  EXPECT_TRUE(reader.holding());
+  EXPECT_EQ(out, "");
+  ASSERT_TRUE(store_.Commit(store_.CommitMark()).ok());
+  reader.ReleaseHeld(absl::OkStatus(), &out);
+  EXPECT_EQ(out, "VALUE a 0 1\r\n1\r\nEND\r\n");
+  out.clear();
+  // Everything committed: replies go straight out.
+  reader.Process("get a\r\n", &out);
+  EXPECT_FALSE(reader.holding());
+  EXPECT_EQ(out, "VALUE a 0 1\r\n1\r\nEND\r\n");
+}
+
+TEST_F(GroupCommitTest, FailedCommitTurnsAcknowledgementsIntoServerErrors) {
+  Session session(&engine_, stats_, {});
+  std::string out = "earlier\r\n";
+  session.Process(
+      "set a 0 0 1\r\n1\r\nget a\r\nadd a 0 0 1\r\n2\r\nincr n 1\r\n"
+      "delete a\r\nset b 0 0 1 noreply\r\n2\r\n",
+      &out);
+  ASSERT_TRUE(session.holding());
+  session.ReleaseHeld(absl::InternalError("disk full"), &out);
+  // A write that may or may not have happened is never reported as done: every reply of a
+  // command that writes (NOT_STORED and NOT_FOUND too: they were decided on uncommitted
+  // data) becomes SERVER_ERROR. The value read stands.
+  EXPECT_EQ(out,
+            "earlier\r\nSERVER_ERROR storage failure\r\nVALUE a 0 1\r\n1\r\nEND\r\n"
+            "SERVER_ERROR storage failure\r\nSERVER_ERROR storage failure\r\n"
+            "SERVER_ERROR storage failure\r\n");
+  EXPECT_EQ(engine_.Totals().storage_errors, 4u);
+}
+
+TEST_F(GroupCommitTest, BlockingRequestsCommitBeforeAnswering) {
+  std::string out;
+  EXPECT_EQ(Session::RunBlocking(&engine_, stats_, {}, "set a 0 0 1\r\n1\r\n", 0, &out),
+            SessionAction::kContinue);
+  EXPECT_EQ(out, "STORED\r\n");
+  EXPECT_EQ(store_.commits, 1);
+  EXPECT_TRUE(store_.Committed(store_.CommitMark()));
+
+  store_.fail = absl::InternalError("disk full");
+  out.clear();
+  Session::RunBlocking(&engine_, stats_, {}, "set a 0 0 1\r\n2\r\n", 0, &out);
+  EXPECT_EQ(out, "SERVER_ERROR storage failure\r\n");
 }
 
 }  // namespace
