@@ -59,6 +59,7 @@ enum class ProtocolError : uint8_t {
   kUnsupported,          // "SERVER_ERROR unsupported command" (mcrouter extensions we lack)
   kStorageFailure,       // "SERVER_ERROR storage failure"
   kOutOfMemory,          // "SERVER_ERROR out of memory storing object"
+  kBusy,                 // "SERVER_ERROR 307 busy" (mcrouter's busy code: overload, retry)
 };
 
 // What the protocol layer hands the engine. All views point into the input buffer and are

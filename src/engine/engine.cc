@@ -59,11 +59,13 @@ Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHe
 
 // What a store write's status means for the command: done, retry with disk access (an event
 // loop must not wait for a stalled write), or failed.
-enum class WriteResult { kOk, kWouldBlock, kFailed };
+// Unavailable on a thread that may wait means the store gave up on a long write stall
+// (overload): the client is told to retry rather than kept waiting.
+enum class WriteResult { kOk, kWouldBlock, kBusy, kFailed };
 
 WriteResult Classify(const absl::Status& s, bool allow_disk) {
   if (s.ok()) return WriteResult::kOk;
-  if (!allow_disk && absl::IsUnavailable(s)) return WriteResult::kWouldBlock;
+  if (absl::IsUnavailable(s)) return allow_disk ? WriteResult::kBusy : WriteResult::kWouldBlock;
   PC_LOG(kWarning, "storage write failed: %s", s.ToString());
   return WriteResult::kFailed;
 }
@@ -177,6 +179,7 @@ Outcome Engine::Error(const Command& cmd, ExecContext& ctx) {
             break;
           case WriteResult::kWouldBlock:
             return Outcome::kWouldBlock;
+          case WriteResult::kBusy:
           case WriteResult::kFailed:
             ctx.stats->storage_errors.Add();
             break;
@@ -211,6 +214,11 @@ Outcome Engine::StorageFailure(const Command& cmd, ExecContext& ctx) {
   return Answer(cmd, ctx, ProtocolError::kStorageFailure);
 }
 
+Outcome Engine::Busy(const Command& cmd, ExecContext& ctx) {
+  ctx.stats->storage_errors.Add();
+  return Answer(cmd, ctx, ProtocolError::kBusy);
+}
+
 Outcome Engine::Answer(const Command& cmd, ExecContext& ctx, Reply reply) {
   if (!cmd.noreply) AppendReply(ctx.out, reply);
   return Outcome::kDone;
@@ -239,6 +247,8 @@ std::optional<Outcome> Engine::Write(const Command& cmd, ExecContext& ctx, std::
       return std::nullopt;
     case WriteResult::kWouldBlock:
       return Outcome::kWouldBlock;
+    case WriteResult::kBusy:
+      return Busy(cmd, ctx);
     case WriteResult::kFailed:
       break;
   }
@@ -288,6 +298,7 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
           case WriteResult::kWouldBlock:
             r.would_block = true;
             break;
+          case WriteResult::kBusy:
           case WriteResult::kFailed:
             r.failed = true;
             break;
@@ -450,6 +461,8 @@ Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
       break;
     case WriteResult::kWouldBlock:
       return Outcome::kWouldBlock;
+    case WriteResult::kBusy:
+      return Busy(cmd, ctx);
     case WriteResult::kFailed:
       return StorageFailure(cmd, ctx);
   }

@@ -106,6 +106,8 @@ class Engine {
   // Replies SERVER_ERROR for a failed storage call (noreply suppresses it, as memcached does
   // for its own SERVER_ERRORs: an unexpected line would desynchronize the client).
   Outcome StorageFailure(const Command& cmd, ExecContext& ctx);
+  // Replies "SERVER_ERROR 307 busy": the store gave up on a long write stall (overload).
+  Outcome Busy(const Command& cmd, ExecContext& ctx);
   // Appends the reply unless the command said noreply.
   Outcome Answer(const Command& cmd, ExecContext& ctx, protocol::Reply reply);
   Outcome Answer(const Command& cmd, ExecContext& ctx, ProtocolError error);

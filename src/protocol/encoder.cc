@@ -78,6 +78,8 @@ std::string_view ErrorText(ProtocolError error) {
       return "SERVER_ERROR storage failure";
     case ProtocolError::kOutOfMemory:
       return "SERVER_ERROR out of memory storing object";
+    case ProtocolError::kBusy:
+      return "SERVER_ERROR 307 busy";
   }
   return "ERROR";
 }

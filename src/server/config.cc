@@ -238,6 +238,9 @@ const std::vector<Key>& Keys() {
                     [](const Config& c) {
                       return std::string(storage::DurabilityName(c.storage.durability));
                     }});
+    k.push_back(Count(
+        "storage", "write_stall_timeout_ms", "",
+        [](auto& c) -> auto& { return c.storage.write_stall_timeout_ms; }));
     k.push_back(Key{"storage", "item_size_max", "",
                     [](std::string_view v, Config* c) {
                       uint64_t n;

@@ -107,13 +107,10 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
   return absl::InternalError(message);
 }
 
-// With no_stall, a write stall makes RocksDB return Incomplete at once instead of sleeping
-// (FromRocks maps it to Unavailable), so the event loop can hand the write to a thread that
-// may wait.
-rocksdb::WriteOptions WithStall(const rocksdb::WriteOptions& base, const WriteOptions& options) {
-  rocksdb::WriteOptions w = base;
-  w.no_slowdown = options.no_stall;
-  return w;
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 // True when the column family's memtables are empty and no flush is running.
@@ -324,6 +321,43 @@ struct RocksDbStore::Impl {
   std::mutex commit_mu;                 // one caller at a time writes (and syncs) the WAL
   std::atomic<uint64_t> committed{0};   // every write up to this sequence number is durable
   std::atomic<uint64_t> group_commits{0};
+
+  // Monotonic ms when writers first found RocksDB stalling (0: not stalling).
+  std::atomic<int64_t> stall_since_ms{0};
+  std::atomic<uint64_t> stall_rejections{0};
+
+  // Runs an item write. With no_stall it fails at once (Incomplete) instead of waiting for a
+  // write stall; otherwise it waits for the stall to end, but no longer than the stall
+  // timeout counted from when the stall began, so that once a stall has outlasted it every
+  // queued write is refused at once instead of each waiting in turn.
+  template <typename Op>
+  rocksdb::Status WriteItem(const WriteOptions& options, Op op) {
+    rocksdb::WriteOptions w = item_write_options;
+    w.no_slowdown = true;
+    rocksdb::Status s = op(w);
+    if (!s.IsIncomplete() || options.no_stall) return s;
+    const int64_t timeout = static_cast<int64_t>(this->options.write_stall_timeout_ms);
+    while (s.IsIncomplete()) {
+      const int64_t now = SteadyMs();
+      int64_t since = stall_since_ms.load(std::memory_order_relaxed);
+      if (since == 0 && stall_since_ms.compare_exchange_strong(since, now)) since = now;
+      if (timeout > 0 && now - since >= timeout) {
+        stall_rejections.fetch_add(1, std::memory_order_relaxed);
+        return rocksdb::Status::Busy(absl::StrCat("writes stalled for ", now - since, " ms"));
+      }
+      uint64_t stopped = 0;
+      if (db->GetIntProperty("rocksdb.is-write-stopped", &stopped) && stopped == 0) {
+        // Slowed, not stopped: RocksDB paces this write (by its size) and lets it through.
+        w.no_slowdown = false;
+        s = op(w);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      s = op(w);
+    }
+    if (s.ok()) stall_since_ms.store(0, std::memory_order_relaxed);
+    return s;
+  }
 
   // Every CAS below cas_ceiling is covered by the ceiling persisted in meta.
   std::atomic<uint64_t> next_cas{1};
@@ -549,14 +583,22 @@ absl::Status RocksDbStore::Put(std::string_view key, const ItemHeader& header,
                                std::string_view value, const WriteOptions& options) {
   std::string record;
   EncodeRecord(header, value, &record);
-  return FromRocks(impl_->db->Put(WithStall(impl_->item_write_options, options), impl_->items_cf,
-                                  ToSlice(key), record),
+  rocksdb::DB* db = impl_->db.get();
+  rocksdb::ColumnFamilyHandle* cf = impl_->items_cf;
+  return FromRocks(impl_->WriteItem(options,
+                                    [&](const rocksdb::WriteOptions& w) {
+                                      return db->Put(w, cf, ToSlice(key), record);
+                                    }),
                    "writing an item");
 }
 
 absl::Status RocksDbStore::Delete(std::string_view key, const WriteOptions& options) {
-  return FromRocks(impl_->db->Delete(WithStall(impl_->item_write_options, options), impl_->items_cf,
-                                     ToSlice(key)),
+  rocksdb::DB* db = impl_->db.get();
+  rocksdb::ColumnFamilyHandle* cf = impl_->items_cf;
+  return FromRocks(impl_->WriteItem(options,
+                                    [&](const rocksdb::WriteOptions& w) {
+                                      return db->Delete(w, cf, ToSlice(key));
+                                    }),
                    "deleting an item");
 }
 
@@ -685,6 +727,7 @@ std::vector<std::pair<std::string, uint64_t>> RocksDbStore::Properties() const {
       {"background_errors", items(rocksdb::DB::Properties::kBackgroundErrors)},
       {"wal_syncs", ticker(rocksdb::WAL_FILE_SYNCED)},
       {"group_commits", impl_->group_commits.load(std::memory_order_relaxed)},
+      {"stall_rejections", impl_->stall_rejections.load(std::memory_order_relaxed)},
   };
 }
 
@@ -703,6 +746,11 @@ absl::Status RocksDbStore::PutRawRecordForTesting(std::string_view key, std::str
   return FromRocks(
       impl_->db->Put(impl_->item_write_options, impl_->items_cf, ToSlice(key), ToSlice(record)),
       "writing a raw record");
+}
+
+absl::Status RocksDbStore::PauseBackgroundWorkForTesting(bool pause) {
+  return FromRocks(pause ? impl_->db->PauseBackgroundWork() : impl_->db->ContinueBackgroundWork(),
+                   "pausing background work");
 }
 
 Durability RocksDbStore::durability() const { return impl_->options.durability; }

@@ -41,6 +41,11 @@ class RocksDbStore final : public Store {
     bool enable_compression = false;
     bool enable_ttl_compaction = true;
     Durability durability = Durability::kWal;
+    // A write that may wait (WriteOptions::no_stall unset) waits for RocksDB's write stall to
+    // end at most this long, counted from when the stall began, then fails with Unavailable
+    // (the server answers "SERVER_ERROR 307 busy", mcrouter's busy code, before its 1 s
+    // timeout). 0: wait as long as RocksDB stalls.
+    uint64_t write_stall_timeout_ms = 500;
     // Judges expiry and flush in Get and in the compaction filter; must outlive the store.
     // nullptr means SystemClock::Get().
     Clock* clock = nullptr;
@@ -99,6 +104,8 @@ class RocksDbStore final : public Store {
   // Stores `record` verbatim as the record of `key`, bypassing the codec, so tests can plant
   // corrupt records. Not for production use.
   [[nodiscard]] absl::Status PutRawRecordForTesting(std::string_view key, std::string_view record);
+  // Pauses (or resumes) flushes and compactions, so tests can make RocksDB stop writes.
+  [[nodiscard]] absl::Status PauseBackgroundWorkForTesting(bool pause);
 
   // Commits buffered WAL records (wal, sync) or flushes the memtables (none), then closes the database. Idempotent.
   // No other method may be called afterwards.

@@ -58,7 +58,8 @@ class Store {
   // Stores the item, replacing any previous one. Readers see it once this returns OK; it is
   // durable per the store's durability mode once a Commit() covering it returns OK (see
   // CommitMark). With options.no_stall, a write the store would have to delay (a
-  // RocksDB write stall) fails at once with an Unavailable status, having written nothing.
+  // RocksDB write stall) fails at once with an Unavailable status, having written nothing;
+  // without it, a store may still give up on a long stall with Unavailable (overload).
   [[nodiscard]] virtual absl::Status Put(std::string_view key, const ItemHeader& header,
                                          std::string_view value, const WriteOptions& options) = 0;
   [[nodiscard]] absl::Status Put(std::string_view key, const ItemHeader& header,

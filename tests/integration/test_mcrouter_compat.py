@@ -351,7 +351,7 @@ class _Load:
     def _record_reply(self, reply, latency, large):
         with self.lock:
             (self.large_latencies if large else self.write_latencies).append(latency)
-            if reply.startswith(b"SERVER_ERROR"):
+            if reply == b"SERVER_ERROR 307 busy\r\n":  # overload: mcrouter's busy code
                 self.server_errors += 1
             elif reply != b"STORED\r\n":
                 self.errors.append("write got %r" % reply)
@@ -473,13 +473,14 @@ class BusyStoreTest(unittest.TestCase):
 
     def check(self, durability):
         load, summary = self.run_load(durability)
-        # No reply hung: every read above has a 30 s deadline and load.errors is empty.
-        # Overload: we looked for SERVER_ERROR instead of late writes, and cannot produce it
-        # deterministically. RocksDB's write controller slows and stops writers (the LOG
-        # lines counted above) instead of failing them, and petracache waits for it, so a
-        # write is answered late (200 KB writes up to ~1.6 s here with wal/none, some runs
-        # none over 1 s; under 0.6 s with sync), never with SERVER_ERROR. The summary reports
-        # it; only version's promptness is asserted.
+        # No reply hung: every read above has a 30 s deadline and load.errors is empty (a
+        # write got STORED or, under overload, "SERVER_ERROR 307 busy", nothing else).
+        # Overload: RocksDB's write controller first slows writers down (paced writes still
+        # go through), then stops them; petracache waits out a stop for at most
+        # write_stall_timeout_ms (500) from its start, then answers busy at once until writes
+        # flow again (storage/LongWriteStallIsRefusedNotWaitedOut makes a stop happen). This
+        # load mostly slows writers: 200 KB writes are answered within ~0.9 s. Only version's
+        # promptness is asserted; the summary reports the rest.
         self.assertLess(max(load.version_latencies), PROMPT,
                         "version waited behind storage (mcrouter's timeout is %.0fs and "
                         "version is its TKO probe): %s" % (MCROUTER_TIMEOUT, summary))

@@ -26,6 +26,7 @@ class ColdStore final : public storage::Store {
   explicit ColdStore(storage::Store* inner) : inner_(inner) {}
   std::string cold_key;
   bool stall_writes = false;
+  bool overloaded = false;  // writes that may wait give up too (the store's stall timeout)
   std::function<void()> on_get;
   absl::StatusOr<storage::LookupStatus> Get(std::string_view key,
                                             const storage::ReadOptions& options,
@@ -39,11 +40,15 @@ class ColdStore final : public storage::Store {
   using Store::Put;
   absl::Status Put(std::string_view key, const storage::ItemHeader& header, std::string_view value,
                    const storage::WriteOptions& options) override {
-    if (stall_writes && options.no_stall) return absl::UnavailableError("write stall");
+    if (stall_writes && (options.no_stall || overloaded)) {
+      return absl::UnavailableError("write stall");
+    }
     return inner_->Put(key, header, value, options);
   }
   absl::Status Delete(std::string_view key, const storage::WriteOptions& options) override {
-    if (stall_writes && options.no_stall) return absl::UnavailableError("write stall");
+    if (stall_writes && (options.no_stall || overloaded)) {
+      return absl::UnavailableError("write stall");
+    }
     return inner_->Delete(key, options);
   }
   absl::StatusOr<uint64_t> NextCas() override { return inner_->NextCas(); }
@@ -343,6 +348,29 @@ TEST_F(EngineTest, StalledWritesOnALoopAreRetriedWithDiskAccess) {
   }
   EXPECT_EQ(engine.Totals().storage_errors, 0u);
   EXPECT_EQ(Run("get k t\r\n", &engine), "VALUE k 0 2\r\n3x\r\nEND\r\n");
+}
+
+TEST_F(EngineTest, WritesTheStoreGivesUpOnAreAnsweredBusy) {
+  ColdStore cold(&store_);
+  Engine engine(&cold, &clock_, Options());
+  EngineStats* stats = engine.RegisterStats();
+  Run("set k 0 0 1\r\n1\r\nset t 0 0 1\r\nt\r\n", &engine);
+  cold.stall_writes = true;
+  cold.overloaded = true;
+  protocol::Parser parser;
+  Command cmd;
+  for (std::string_view req : {"set k 0 0 1\r\n2\r\n", "incr k 1\r\n", "delete t\r\n",
+                               "touch k 100\r\n", "append k 0 0 1\r\nx\r\n"}) {
+    ASSERT_EQ(parser.Parse(req, &cmd).status, protocol::ParseStatus::kCommand);
+    std::string out;
+    ExecContext ctx{&out, stats, true};
+    EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kDone) << req;
+    // mcrouter's busy code: it fails over without marking the server down.
+    EXPECT_EQ(out, "SERVER_ERROR 307 busy\r\n") << req;
+  }
+  EXPECT_EQ(engine.Totals().storage_errors, 5u);
+  cold.stall_writes = false;
+  EXPECT_EQ(Run("get k t\r\n", &engine), "VALUE k 0 1\r\n1\r\nVALUE t 0 1\r\nt\r\nEND\r\n");
 }
 
 TEST_F(EngineTest, ALoopNeverWaitsForAStripeHeldByABlockingThread) {

@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
     return 1;
   }
+  if (!(*store)->SetFlushState({.oldest_live = 77, .oldest_cas = 88}).ok()) return 1;
   for (int i = 0; i < count; ++i) {
     auto cas = (*store)->NextCas();
     if (!cas.ok()) return 1;
@@ -38,7 +39,8 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  if (!(*store)->SetFlushState({.oldest_live = 77, .oldest_cas = 88}).ok()) return 1;
+  // What the server does before acknowledging: commit (a no-op without a WAL).
+  if (!(*store)->Commit((*store)->CommitMark()).ok()) return 1;
   // Report the last CAS so the test can check the next run starts above it.
   auto cas = (*store)->NextCas();
   if (!cas.ok()) return 1;

@@ -70,6 +70,15 @@ class RocksDbStoreTest : public ::testing::Test {
     return {.flags = 0, .exptime = exptime, .cas = Cas(), .write_time = clock_.Now()};
   }
 
+  // One of RocksDbStore::Properties() by name (0 if absent).
+  uint64_t Property(std::string_view name) {
+    for (const auto& [key, value] : store_->Properties()) {
+      if (key == name) return value;
+    }
+    ADD_FAILURE() << "no property " << name;
+    return 0;
+  }
+
   uint64_t Records() {
     auto count = store_->CountRecords();
     EXPECT_TRUE(count.ok()) << count.status();
@@ -105,6 +114,7 @@ TEST(RocksDbOptionsTest, DefaultsMatchTheDocumentedConfig) {
   EXPECT_FALSE(options.enable_compression);
   EXPECT_TRUE(options.enable_ttl_compaction);
   EXPECT_EQ(options.durability, Durability::kWal);
+  EXPECT_EQ(options.write_stall_timeout_ms, 500u);
 }
 
 TEST_F(RocksDbStoreTest, ReopenFindsEveryItem) {
@@ -397,6 +407,70 @@ TEST_F(RocksDbStoreTest, KillNineKeepsWhatEachModePromises) {
     EXPECT_EQ(header.flags, 123u);
     EXPECT_EQ(value, "value123");
   }
+}
+
+TEST_F(RocksDbStoreTest, GroupCommitMakesWritesDurable) {
+  for (Durability durability : {Durability::kWal, Durability::kSync}) {
+    SCOPED_TRACE(std::string(DurabilityName(durability)));
+    RocksDbStore::Options options = DefaultOptions();
+    options.db_path = dir_.path() + "/commit-" + std::string(DurabilityName(durability));
+    options.durability = durability;
+    Reopen(options);
+    EXPECT_EQ(store_->CommitWaitsForDevice(), durability == Durability::kSync);
+    EXPECT_TRUE(store_->Committed(store_->CommitMark()));
+    const uint64_t commits_before = Property("group_commits");
+    ItemHeader header{.flags = 1, .exptime = 0, .cas = 1, .write_time = 0};
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE(store_->Put("k" + std::to_string(i), header, "v").ok());
+    }
+    // Visible at once, durable only once committed, and one commit covers all ten.
+    EXPECT_EQ(Lookup("k9"), LookupStatus::kFound);
+    const uint64_t mark = store_->CommitMark();
+    EXPECT_FALSE(store_->Committed(mark));
+    ASSERT_TRUE(store_->Commit(mark).ok());
+    EXPECT_TRUE(store_->Committed(mark));
+    ASSERT_TRUE(store_->Commit(mark).ok());  // already covered: no second WAL write
+    EXPECT_EQ(Property("group_commits"), commits_before + 1);
+  }
+  // Without a WAL there is nothing to commit.
+  RocksDbStore::Options options = DefaultOptions();
+  options.db_path = dir_.path() + "/commit-none";
+  options.durability = Durability::kNone;
+  Reopen(options);
+  ASSERT_TRUE(store_->Put("k", ItemHeader{}, "v").ok());
+  EXPECT_TRUE(store_->Committed(store_->CommitMark()));
+}
+
+TEST_F(RocksDbStoreTest, LongWriteStallIsRefusedNotWaitedOut) {
+  RocksDbStore::Options options = DefaultOptions();
+  options.write_buffer_size = 64 << 10;
+  options.max_write_buffer_number = 2;
+  options.write_stall_timeout_ms = 100;
+  Reopen(options);
+  // No flush can run: once the memtables are full RocksDB stops writes.
+  ASSERT_TRUE(store_->PauseBackgroundWorkForTesting(true).ok());
+  const std::string value(4096, 'v');
+  absl::Status status;
+  int written = 0;
+  for (; written < 10000 && status.ok(); ++written) {
+    status = store_->Put("k" + std::to_string(written), ItemHeader{}, value);
+  }
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "stalled")) << status;
+  // While the stall lasts, later writes are refused too (without waiting again), and a write
+  // that must not wait reports the stall.
+  EXPECT_TRUE(absl::IsUnavailable(store_->Put("late", ItemHeader{}, "v")));
+  EXPECT_TRUE(absl::IsUnavailable(store_->Put("late", ItemHeader{}, "v", {.no_stall = true})));
+  EXPECT_GE(Property("stall_rejections"), 2u);
+  // Once RocksDB has flushed again, writes go through.
+  ASSERT_TRUE(store_->PauseBackgroundWorkForTesting(false).ok());
+  status = absl::UnavailableError("not tried");
+  for (int attempt = 0; attempt < 1000 && absl::IsUnavailable(status); ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    status = store_->Put("after", ItemHeader{}, "v");
+  }
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(Lookup("after"), LookupStatus::kFound);
 }
 
 TEST_F(RocksDbStoreTest, SecondOpenOfSamePathFailsClearly) {
