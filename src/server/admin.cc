@@ -165,7 +165,8 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
     std::string metric = "petracache_rocksdb_" + name;
     std::string type = "gauge";
     if (name == "block_cache_hits" || name == "block_cache_misses" ||
-        name == "bloom_filter_useful" || name == "wal_syncs" || name == "background_errors") {
+        name == "bloom_filter_useful" || name == "wal_syncs" || name == "background_errors" ||
+        name == "group_commits" || name == "stall_rejections") {
       metric += "_total";
       type = "counter";
     } else if (name == "stall_micros") {

@@ -3,11 +3,18 @@
 // RocksDB headers. Design notes: docs/storage.md.
 #include "storage/rocksdb_store.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <set>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -24,6 +31,8 @@
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/iterator.h"
+#include "rocksdb/listener.h"
+#include "rocksdb/metadata.h"
 #include "rocksdb/options.h"
 #include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
@@ -278,6 +287,133 @@ rocksdb::BlockBasedTableOptions TableOptions(const std::shared_ptr<rocksdb::Cach
   return table;
 }
 
+// ---- The live-file record: catches a MANIFEST that went back in time ----
+//
+// RocksDB reads a MANIFEST cut short at a record boundary (external damage) as a valid older
+// state, then deletes the table files its lost edits had added as obsolete: the cache would
+// start with part of its data gone and say nothing. So after every flush and compaction (and
+// at open and close) the numbers of the live table files are written to kLiveFilesName
+// (atomically: temp file, fsync, rename). At the next open a read-only open first asks
+// RocksDB what it would recover; if files the record lists as live are still on disk but
+// would be dropped, and nothing newer replaces them, the MANIFEST lost edits: refuse to start
+// before RocksDB deletes anything.
+constexpr char kLiveFilesName[] = "PETRACACHE-LIVE-SST";
+constexpr char kLiveFilesHeader[] = "petracache live table files v1";
+
+std::set<uint64_t> LiveTableFiles(rocksdb::DB* db) {
+  std::vector<rocksdb::LiveFileMetaData> files;
+  db->GetLiveFilesMetaData(&files);
+  std::set<uint64_t> numbers;
+  for (const rocksdb::LiveFileMetaData& f : files) numbers.insert(f.file_number);
+  return numbers;
+}
+
+// Table file numbers present in `dir` (NNNNNN.sst).
+std::set<uint64_t> TableFilesOnDisk(const std::string& dir) {
+  std::set<uint64_t> numbers;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() > 4 && name.ends_with(".sst")) {
+      char* end = nullptr;
+      const uint64_t n = std::strtoull(name.c_str(), &end, 10);
+      if (end == name.c_str() + name.size() - 4) numbers.insert(n);
+    }
+  }
+  return numbers;
+}
+
+bool FsyncPath(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
+class LiveFileRecorder final : public rocksdb::EventListener {
+ public:
+  explicit LiveFileRecorder(std::string dir) : dir_(std::move(dir)) {}
+
+  void OnFlushCompleted(rocksdb::DB* db, const rocksdb::FlushJobInfo&) override { Record(db); }
+  void OnCompactionCompleted(rocksdb::DB* db, const rocksdb::CompactionJobInfo&) override {
+    Record(db);
+  }
+
+  void Record(rocksdb::DB* db) {
+    std::lock_guard lock(mu_);
+    const std::string path = dir_ + "/" + kLiveFilesName;
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << kLiveFilesHeader << "\n";
+      for (uint64_t n : LiveTableFiles(db)) out << n << "\n";
+      if (!out.flush()) {
+        PC_LOG(kWarning, "storage: cannot write %s", tmp);
+        return;
+      }
+    }
+    if (!FsyncPath(tmp, O_WRONLY) || std::rename(tmp.c_str(), path.c_str()) != 0 ||
+        !FsyncPath(dir_, O_RDONLY | O_DIRECTORY)) {
+      PC_LOG(kWarning, "storage: cannot update %s", path);
+    }
+  }
+
+  // The recorded set, or nullopt without a (well-formed) record.
+  static std::optional<std::set<uint64_t>> Read(const std::string& dir) {
+    std::ifstream in(dir + "/" + kLiveFilesName);
+    std::string line;
+    if (!in || !std::getline(in, line) || line != kLiveFilesHeader) return std::nullopt;
+    std::set<uint64_t> numbers;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      char* end = nullptr;
+      const uint64_t n = std::strtoull(line.c_str(), &end, 10);
+      if (end != line.c_str() + line.size()) return std::nullopt;
+      numbers.insert(n);
+    }
+    return numbers;
+  }
+
+ private:
+  const std::string dir_;
+  std::mutex mu_;
+};
+
+// Fails when the database would open in an older state than the live-file record (see
+// above). Any other problem is left to the real open to report.
+absl::Status CheckNotBehindRecord(const std::string& dir, const rocksdb::DBOptions& db_options,
+                                  const std::vector<rocksdb::ColumnFamilyDescriptor>& cfs) {
+  std::optional<std::set<uint64_t>> recorded = LiveFileRecorder::Read(dir);
+  if (!recorded) return absl::OkStatus();
+  const std::set<uint64_t> on_disk = TableFilesOnDisk(dir);
+  rocksdb::DBOptions ro = db_options;
+  ro.create_if_missing = false;
+  ro.create_missing_column_families = false;
+  ro.max_open_files = 64;  // a look at the MANIFEST, not a warm-up
+  ro.listeners.clear();
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  if (!rocksdb::DB::OpenForReadOnly(ro, dir, cfs, &handles, &raw).ok()) return absl::OkStatus();
+  std::unique_ptr<rocksdb::DB> db(raw);
+  const std::set<uint64_t> live = LiveTableFiles(db.get());
+  for (rocksdb::ColumnFamilyHandle* h : handles) (void)db->DestroyColumnFamilyHandle(h);
+  (void)db->Close();
+  std::vector<uint64_t> dropped;
+  for (uint64_t n : *recorded) {
+    if (!live.contains(n) && on_disk.contains(n)) dropped.push_back(n);
+  }
+  bool newer = false;
+  for (uint64_t n : live) newer |= !recorded->contains(n);
+  if (dropped.empty() || newer) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(
+      "database at '", dir, "' would open without ", dropped.size(),
+      " table file(s) it last recorded as live (e.g. ", dropped.front(),
+      ".sst, still on disk): its MANIFEST has lost its latest edits (damaged or truncated). "
+      "Refusing to start with part of the data missing; restore a backup, or delete ",
+      kLiveFilesName, " in that directory to start with what the MANIFEST still describes"));
+}
+
 }  // namespace
 
 bool ParseDurability(std::string_view text, Durability* out) {
@@ -310,6 +446,7 @@ struct RocksDbStore::Impl {
   std::shared_ptr<Liveness> liveness;
   std::shared_ptr<rocksdb::Cache> block_cache;
   std::shared_ptr<rocksdb::Statistics> statistics;
+  std::shared_ptr<LiveFileRecorder> live_files;
   std::unique_ptr<rocksdb::DB> db;
   rocksdb::ColumnFamilyHandle* items_cf = nullptr;
   rocksdb::ColumnFamilyHandle* meta_cf = nullptr;
@@ -474,6 +611,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
       {rocksdb::kDefaultColumnFamilyName, items_options},
       {kMetaColumnFamily, meta_options},
   };
+  status = CheckNotBehindRecord(options.db_path, db_options, descriptors);
+  if (!status.ok()) return status;
+  impl->live_files = std::make_shared<LiveFileRecorder>(options.db_path);
+  db_options.listeners.push_back(impl->live_files);
+
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(rocksdb::Options(db_options, items_options),
@@ -493,6 +635,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
   if (!status.ok()) return status;  // the destructor closes the database
   // Everything recovered is on disk already.
   store->impl_->committed.store(db->GetLatestSequenceNumber(), std::memory_order_release);
+  store->impl_->live_files->Record(db);
   PC_LOG(kInfo, "storage: opened '%s' (durability=%s, block_cache=%d bytes)", options.db_path,
          DurabilityName(options.durability), options.block_cache_size);
   return store;
@@ -539,6 +682,7 @@ absl::Status RocksDbStore::Close() {
     result = FromRocks(flushed, absl::StrCat("flushing '", impl.options.db_path,
                                              "' on close (writes since the last flush are lost)"));
   }
+  impl.live_files->Record(impl.db.get());
   for (rocksdb::ColumnFamilyHandle* handle : {impl.items_cf, impl.meta_cf}) {
     rocksdb::Status s = impl.db->DestroyColumnFamilyHandle(handle);
     if (result.ok() && !s.ok()) result = FromRocks(s, "releasing a column family");

@@ -763,8 +763,8 @@ def petracache_config(durability=None):
 
 def start_pair(self_check=False, durability=None):
     """(memcached, petracache) — or two memcached with self_check — both with a 64 KiB item
-    size limit. durability: petracache's [storage] durability (sync sends every write through
-    the blocking pool, another code path)."""
+    size limit. durability: petracache's [storage] durability (sync holds every reply for an
+    fsync on the commit thread, another code path)."""
     servers = []
     try:
         servers.append(harness.start_server(kind="memcached", memcached_args=MEMCACHED_ARGS))

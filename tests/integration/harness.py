@@ -89,6 +89,21 @@ def wait_for_port(port, deadline, proc=None, host="127.0.0.1"):
     return False
 
 
+def wait_for_port_closed(port, deadline, host="127.0.0.1"):
+    """Polls until host:port refuses connections. A process that used io_uring leaves its
+    sockets to the kernel's asynchronous ring teardown: for a few milliseconds after it is
+    reaped, its listener still accepts connections (into a backlog that is then reset), and
+    a restarted server sharing the port (SO_REUSEPORT) would race with it."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                pass
+        except OSError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 class ServerError(RuntimeError):
     pass
 
@@ -212,6 +227,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=timeout)
+            wait_for_port_closed(self.port, time.monotonic() + 5, self.host)
         return self.proc.returncode
 
     def stop(self, timeout=STOP_TIMEOUT):

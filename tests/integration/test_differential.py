@@ -18,7 +18,7 @@ import faults_util as fu
 import harness
 
 DEFAULT_SEEDS = range(1, 61)        # petracache with its default durability (wal)
-SYNC_SEEDS = range(101, 116)        # durability = sync: every write runs on the disk pool
+SYNC_SEEDS = range(101, 116)        # durability = sync: replies wait for the commit thread
 SELF_CHECK_SEEDS = range(1, 31)
 
 

@@ -10,8 +10,8 @@ connection and fail everything in flight on it), that every reply arrives in ord
 mcrouter's default 1 s timeout, and that `version` answers at once while storage is busy:
 heavy writes with a 1 MiB write_buffer_size (RocksDB flushes, compacts, slows and stops
 writers) plus a client pipelining 900 KB values. That load runs once per durability mode,
-since they execute writes differently (sync: on a blocking pool; none and wal: on the event
-loop, where a stalled RocksDB write holds up every connection of that loop)."""
+since they commit writes differently (none: no WAL; wal: one WAL write per loop iteration;
+sync: an fsync on the commit thread while replies wait)."""
 
 import os
 import random

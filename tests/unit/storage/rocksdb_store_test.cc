@@ -560,7 +560,8 @@ TEST_F(RocksDbStoreTest, PropertiesReportHealthValues) {
   for (const char* name :
        {"block_cache_usage", "block_cache_capacity", "block_cache_hits", "block_cache_misses",
         "memtable_bytes", "estimate_num_keys", "live_sst_bytes", "pending_compaction_bytes",
-        "stall_micros", "background_errors", "wal_syncs"}) {
+        "stall_micros", "background_errors", "wal_syncs", "group_commits",
+        "stall_rejections"}) {
     EXPECT_TRUE(props.contains(name)) << name;
   }
   EXPECT_EQ(props["block_cache_capacity"], 8u << 20);
