@@ -89,6 +89,10 @@ class Connection {
   // callbacks (in Handler::OnBatchEnd or a Post()ed function) is sent.
   void Wake();
 
+  // Asks for one Handler::OnDrained call once pending output is below the back-pressure
+  // limit (possibly right after the current callback), paused or not, input or not.
+  void NotifyWhenDrained();
+
   // Sends the remaining output, then closes the connection. No OnInput calls follow.
   void CloseAfterWrite();
 
@@ -137,6 +141,7 @@ class Connection {
   bool closing_ = false;  // closing: OnClose is running or ran; the backend releases the socket
   bool graceful_ = false;
   bool dirty_ = false;  // queued for end-of-iteration processing
+  bool drain_call_ = false;  // NotifyWhenDrained() is pending
 
   // Backend bookkeeping. io_uring: a recv / send is in flight (the kernel owns recv_buf_ /
   // sending_ until its completion). epoll: EPOLLIN / EPOLLOUT is registered.
@@ -155,7 +160,9 @@ class Handler {
   // input() has new bytes, or the connection was unpaused / its output drained with input
   // left. Consume what was handled; leave an incomplete request in input().
   virtual void OnInput(Connection& c) = 0;
-  // Called once per loop iteration that ran OnInput, after every OnInput of the iteration and
+  // NotifyWhenDrained() was called and the output is below the limit now.
+  virtual void OnDrained(Connection& c) {}
+  // Called once per loop iteration that ran OnInput or OnDrained, after every OnInput of the iteration and
   // before any of their output is sent: the place to finish work the replies depend on (e.g.
   // commit the writes they acknowledge, once for all of them).
   virtual void OnBatchEnd() {}

@@ -43,6 +43,11 @@ void Connection::CloseAfterWrite() {
 
 void Connection::Wake() { loop_->MarkDirty(*this); }
 
+void Connection::NotifyWhenDrained() {
+  drain_call_ = true;
+  loop_->MarkDirty(*this);
+}
+
 void Connection::SetPaused(bool paused) {
   if (paused_ == paused) return;
   paused_ = paused;
@@ -388,6 +393,11 @@ void LoopCore::ProcessDirty() {
     for (uint64_t id : dirty_batch_) {
       Connection* c = FindOpen(id);
       if (c == nullptr) continue;
+      if (c->drain_call_ && !c->OutputFull() && !c->close_after_write_) {
+        c->drain_call_ = false;
+        handler_->OnDrained(*c);
+        dispatched = true;
+      }
       dispatched |= Dispatch(*c);
     }
     // Every reply of the batch exists now; none has been sent.
@@ -407,7 +417,10 @@ void LoopCore::ProcessDirty() {
       if ((c = FindOpen(id)) == nullptr) continue;
       c->dirty_ = false;
       // The send above drained output that held back dispatch: go round once more.
-      if (DispatchPending(*c)) MarkDirty(*c);
+      if (DispatchPending(*c) ||
+          (c->drain_call_ && !c->OutputFull() && !c->close_after_write_)) {
+        MarkDirty(*c);
+      }
     }
     dirty_batch_.clear();
   }

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <memory>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "common/clock.h"
@@ -150,6 +151,8 @@ class Server::Handler final : public io::Handler {
     });
   }
 
+  void OnDrained(io::Connection& c) override { ContinueOnDisk(c); }
+
   void OnClose(io::Connection& c) override {
     Conn* conn = &ConnOf(c);
     if (conn->waiting_commit) waiting_.erase(std::find(waiting_.begin(), waiting_.end(), &c));
@@ -171,7 +174,9 @@ class Server::Handler final : public io::Handler {
         : session(engine, stats, options) {}
     Session session;
     bool waiting_commit = false;  // in waiting_: the session holds replies
-    bool waiting_disk = false;    // a request runs on the disk pool
+    bool waiting_disk = false;    // a request runs on the disk pool (or has pieces left)
+    std::string disk_request;     // a multi-get answered in pieces on the pool ...
+    size_t disk_next_key = 0;     // ... and the key its next piece starts at (0: none)
     SessionAction then = SessionAction::kContinue;  // close or shut down once replies are out
   };
   static Conn& ConnOf(io::Connection& c) { return *static_cast<Conn*>(c.user_data); }
@@ -211,6 +216,7 @@ class Server::Handler final : public io::Handler {
       c->Wake();
       Finish(*c);
       UpdatePause(*c);
+      ContinueOnDisk(*c);
     }
   }
 
@@ -219,20 +225,31 @@ class Server::Handler final : public io::Handler {
            status.ToString());
   }
 
-  // The connection waits (paused, in order) while a pool thread runs the request.
+  // The connection waits (paused, in order) while a pool thread runs the request. A
+  // multi-get comes back in pieces of at most write_buffer_size: the next piece is asked for
+  // once the client has read enough of the last one (OnDrained), so one request never holds
+  // more than a piece in memory.
   void RunOnDisk(io::Connection& c, std::string request, size_t first_key) {
     ConnOf(c).waiting_disk = true;
     Server* server = server_;
     io::EventLoop* loop = loop_;
     server->disk_pool_->Submit([this, server, loop, id = c.id(), request = std::move(request),
-                                first_key] {
+                                first_key]() mutable {
       std::string out;
-      SessionAction action =
-          Session::RunBlocking(server->engine_.get(), tls_pool_stats,
-                               SessionOptionsFor(server->config_).parser, request, first_key, &out);
-      loop->PostToConnection(id, [this, out = std::move(out), action](io::Connection& done) {
+      size_t next_key = 0;
+      SessionAction action = Session::RunBlocking(
+          server->engine_.get(), tls_pool_stats, SessionOptionsFor(server->config_).parser,
+          request, first_key, &out, server->config_.server.write_buffer_size, &next_key);
+      loop->PostToConnection(id, [this, out = std::move(out), action, next_key,
+                                  request = std::move(request)](io::Connection& done) mutable {
         Conn& conn = ConnOf(done);
         conn.session.AppendReply(out, &done.output());
+        if (next_key != 0) {
+          conn.disk_request = std::move(request);
+          conn.disk_next_key = next_key;
+          ContinueOnDisk(done);
+          return;
+        }
         conn.waiting_disk = false;
         if (action != SessionAction::kContinue) {
           conn.then = action;
@@ -242,6 +259,19 @@ class Server::Handler final : public io::Handler {
         UpdatePause(done);
       });
     });
+  }
+
+  // The next piece of a multi-get answered on the pool, once the output has room for it
+  // (and earlier replies are no longer held for a commit).
+  void ContinueOnDisk(io::Connection& c) {
+    Conn& conn = ConnOf(c);
+    if (conn.disk_next_key == 0 || conn.waiting_commit) return;  // Released() calls again
+    if (c.OutputFull()) {
+      c.NotifyWhenDrained();
+      return;
+    }
+    const size_t next = std::exchange(conn.disk_next_key, 0);
+    RunOnDisk(c, std::move(conn.disk_request), next);
   }
 
   Server* const server_;

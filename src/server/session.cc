@@ -173,15 +173,20 @@ void Session::AppendReply(std::string_view reply, std::string* out) {
 
 SessionAction Session::RunBlocking(engine::Engine* engine, engine::EngineStats* stats,
                                    const protocol::ParserOptions& parser_options,
-                                   std::string_view request, size_t first_key, std::string* out) {
+                                   std::string_view request, size_t first_key, std::string* out,
+                                   size_t output_limit, size_t* next_key) {
+  if (next_key != nullptr) *next_key = 0;
   protocol::Parser parser(parser_options);
   Command command;
   protocol::ParseResult r = parser.Parse(request, &command);
   if (r.status != protocol::ParseStatus::kCommand) return SessionAction::kClose;
   engine::ExecContext ctx{out, stats, /*allow_disk=*/true};
   ctx.first_key = first_key;
+  ctx.output_limit = output_limit;
   const size_t start = out->size();
-  const SessionAction action = ActionFor(engine->Execute(command, ctx));
+  const engine::Outcome outcome = engine->Execute(command, ctx);
+  if (outcome == engine::Outcome::kPartial && next_key != nullptr) *next_key = ctx.next_key;
+  const SessionAction action = ActionFor(outcome);
   if (UsesStore(command.type)) {
     // This thread may wait: commit here rather than hold the reply.
     storage::Store* store = engine->store();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -69,10 +70,14 @@ class Session {
 
   // Runs a request that needed disk, on a blocking thread; returns its reply and what to do.
   // Commits its writes before returning (a failed commit turns a write acknowledgement into
-  // SERVER_ERROR). Thread-safe with respect to other sessions; uses the caller's stats block.
+  // SERVER_ERROR). A retrieval stops once *out reaches output_limit with keys left: then
+  // *next_key is the key to go on from (run it again with first_key = *next_key once the
+  // client has read some), else 0. Thread-safe with respect to other sessions; uses the
+  // caller's stats block.
   static SessionAction RunBlocking(engine::Engine* engine, engine::EngineStats* stats,
                                    const protocol::ParserOptions& parser_options,
-                                   std::string_view request, size_t first_key, std::string* out);
+                                   std::string_view request, size_t first_key, std::string* out,
+                                   size_t output_limit = SIZE_MAX, size_t* next_key = nullptr);
 
  private:
   // Whether the command reads or writes the store (its reply may depend on a commit).

@@ -158,6 +158,48 @@ class AbuseTest(fu.PetracacheFaultTest):
         finally:
             s.close()
 
+    def test_one_multiget_of_cold_items_is_bounded(self):
+        # The same, for items only on disk: such a multi-get runs on the blocking pool, which
+        # answers it in write_buffer_size pieces, each asked for once the client has read the
+        # last one. 320 cold 256 KiB items (80 MiB) in one `get`, unread.
+        cold = fu.make_petracache(server=SERVER, storage=dict(
+            STORAGE, hot_cache_size="0", block_cache_size="4MiB", write_buffer_size="2MiB"))
+        self.addCleanup(cold.cleanup)
+        fu.start_checked(cold)
+        keys = [b"cold%d" % i for i in range(320)]
+        with harness.connect(cold) as c:
+            for i, k in enumerate(keys):
+                value = bytes([65 + i % 26]) * BIG
+                self.assertEqual(c.request(b"set %s 0 0 %d\r\n%s\r\n" % (k, BIG, value)),
+                                 b"STORED\r\n")
+        cold.stop()
+        fu.start_checked(cold)  # a cold block cache; the memtable holds a few items at most
+        baseline = _settle_rss(cold.pid)
+        self.assertTrue(fu.reset_peak_rss(cold.pid), "cannot reset VmHWM")
+        s = _raw(cold, rcvbuf=4096)
+        try:
+            s.sendall(b"get " + b" ".join(keys) + b"\r\n")
+            _settle_rss(cold.pid)
+            time.sleep(1.0)
+            if not os.environ.get("PETRACACHE_SANITIZED"):
+                peak = fu.peak_rss_mib(cold.pid)
+                bound = baseline + per_conn_mib(BIG) + SLACK_MIB
+                self.summaries.append("abuse[one 80 MiB multi-get of cold items, unread]: peak "
+                                      "RSS %.0f MiB (baseline %.0f, bound %.0f)" % (
+                                          peak, baseline, bound))
+                self.assertLess(peak, bound)
+        finally:
+            s.close()
+        # The reply is complete and in order when read.
+        with harness.connect(cold, timeout=30) as c:
+            c.send(b"get " + b" ".join(keys) + b"\r\n")
+            for i, k in enumerate(keys):
+                self.assertEqual(c.read_line(timeout=30), b"VALUE %s 0 %d\r\n" % (k, BIG))
+                self.assertEqual(c.read_exact(BIG + 2, timeout=30),
+                                 bytes([65 + i % 26]) * BIG + b"\r\n")
+            self.assertEqual(c.read_line(timeout=30), b"END\r\n")
+        self.assertTrue(cold.alive())
+
     def test_slow_loris(self):
         n = 400
         partials = [b"set loris%d 0 0 100\r\n" + b"x" * 50, b"get loris%d", b"gets ",
