@@ -65,6 +65,7 @@ class UringLoop final : public LoopCore {
   unsigned setup_flags_ = 0;
   bool multishot_accept_ = false;
   bool multishot_recv_ = false;
+  bool register_ring_fd_ = false;  // io_uring_register_ring_fd works here
 
   // Provided-buffer ring (multishot recv). buf_base_ holds buf_entries_ buffers of
   // read_buffer_size bytes. A buffer belongs to the kernel from the moment it is added to the
