@@ -25,12 +25,8 @@ SessionAction ActionFor(engine::Outcome outcome) {
 
 }  // namespace
 
-bool Session::UsesStore(CommandType type) {
+bool Session::Writes(CommandType type) {
   switch (type) {
-    case CommandType::kGet:
-    case CommandType::kGets:
-    case CommandType::kGat:
-    case CommandType::kGats:
     case CommandType::kSet:
     case CommandType::kAdd:
     case CommandType::kReplace:
@@ -42,33 +38,29 @@ bool Session::UsesStore(CommandType type) {
     case CommandType::kIncr:
     case CommandType::kDecr:
     case CommandType::kTouch:
-    case CommandType::kFlushAll:
       return true;
     default:
       return false;
   }
 }
 
-bool Session::AcknowledgesWrite(const Command& command) {
-  if (command.error != ProtocolError::kNone || command.noreply) return false;
-  switch (command.type) {
-    case CommandType::kSet:
-    case CommandType::kAdd:
-    case CommandType::kReplace:
-    case CommandType::kAppend:
-    case CommandType::kPrepend:
-    case CommandType::kCas:
-    case CommandType::kLeaseSet:
-    case CommandType::kDelete:
-    case CommandType::kIncr:
-    case CommandType::kDecr:
-    case CommandType::kTouch:
+bool Session::UsesStore(CommandType type) {
+  switch (type) {
+    case CommandType::kGet:
+    case CommandType::kGets:
+    case CommandType::kGat:
+    case CommandType::kGats:
+    case CommandType::kFlushAll:
       return true;
     default:
-      // gat/gats are answered with the values, which stay true whether or not the touch
-      // survives; flush_all persists its own state synchronously.
-      return false;
+      return Writes(type);
   }
+}
+
+bool Session::AcknowledgesWrite(const Command& command) {
+  // gat/gats are answered with the values, which stay true whether or not the touch
+  // survives; flush_all persists its own state synchronously.
+  return command.error == ProtocolError::kNone && !command.noreply && Writes(command.type);
 }
 
 SessionResult Session::Process(std::string_view input, std::string* out) {

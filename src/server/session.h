@@ -80,6 +80,9 @@ class Session {
                                    size_t output_limit = SIZE_MAX, size_t* next_key = nullptr);
 
  private:
+  // Whether the command is one that writes an item (storage commands, delete, incr/decr,
+  // touch).
+  static bool Writes(CommandType type);
   // Whether the command reads or writes the store (its reply may depend on a commit).
   static bool UsesStore(CommandType type);
   // Whether a successful reply says a write happened (a commit failure must retract it).
