@@ -162,9 +162,9 @@ class Handler {
   virtual void OnInput(Connection& c) = 0;
   // NotifyWhenDrained() was called and the output is below the limit now.
   virtual void OnDrained(Connection& c) {}
-  // Called once per loop iteration that ran OnInput or OnDrained, after every OnInput of the iteration and
-  // before any of their output is sent: the place to finish work the replies depend on (e.g.
-  // commit the writes they acknowledge, once for all of them).
+  // Called once per loop iteration that ran OnInput or OnDrained, after all of them and before
+  // any of their output is sent: the place to finish work the replies depend on (e.g. commit
+  // the writes they acknowledge, once for all of them).
   virtual void OnBatchEnd() {}
   // Called exactly once per opened connection, when it closes for any reason. No callbacks
   // for the connection follow; release user_data here.

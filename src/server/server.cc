@@ -7,10 +7,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <utility>
@@ -186,11 +186,10 @@ class Server::Handler final : public io::Handler {
   // replies fill the output budget.
   void UpdatePause(io::Connection& c) {
     Conn& conn = ConnOf(c);
-    const bool pause =
-        conn.waiting_disk ||
-        (conn.waiting_commit && (store_->CommitWaitsForDevice() ||
-                                 conn.session.held_bytes() >= server_->config_.server.write_buffer_size));
-    c.SetPaused(pause);
+    const bool held_full =
+        conn.session.held_bytes() >= server_->config_.server.write_buffer_size;
+    c.SetPaused(conn.waiting_disk ||
+                (conn.waiting_commit && (store_->CommitWaitsForDevice() || held_full)));
   }
 
   void Finish(io::Connection& c) {
@@ -202,7 +201,7 @@ class Server::Handler final : public io::Handler {
 
   // A commit finished: release the replies it covers (all of them, rewritten, if it failed).
   void Released(const absl::Status& status) {
-    if (!status.ok()) ReportCommitFailure(status);
+    ReportCommit(status);
     std::vector<io::Connection*> waiting;
     waiting.swap(waiting_);
     for (io::Connection* c : waiting) {
@@ -220,9 +219,16 @@ class Server::Handler final : public io::Handler {
     }
   }
 
-  void ReportCommitFailure(const absl::Status& status) {
-    PC_LOG(kError, "storage: commit failed, writes answered with SERVER_ERROR: %s",
-           status.ToString());
+  // Logs when commits start failing (disk full: once, not once per loop iteration) and when
+  // they succeed again; `stats storage_errors` counts every retracted acknowledgement.
+  void ReportCommit(const absl::Status& status) {
+    if (!status.ok() && !commit_failing_) {
+      PC_LOG(kError, "storage: commit failed, writes answered with SERVER_ERROR: %s",
+             status.ToString());
+    } else if (status.ok() && commit_failing_) {
+      PC_LOG(kInfo, "storage: commits succeed again");
+    }
+    commit_failing_ = !status.ok();
   }
 
   // The connection waits (paused, in order) while a pool thread runs the request. A
@@ -280,6 +286,7 @@ class Server::Handler final : public io::Handler {
   io::EventLoop* loop_ = nullptr;
   std::vector<io::Connection*> waiting_;  // connections whose sessions hold replies
   bool commit_in_flight_ = false;         // sync: a commit runs on the commit thread
+  bool commit_failing_ = false;           // the last commit failed (logged once)
 };
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const Config& config) {
