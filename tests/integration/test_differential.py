@@ -147,7 +147,7 @@ class IncrOnLargeItemTest(unittest.TestCase):
             with harness.connect(server, timeout=10) as c:
                 replies.append([c.request(r) for r in requests])
         # memcached: STORED, then CLIENT_ERROR cannot increment or decrement non-numeric
-        # value twice; petracache 0.1.0: STORED, 13, 12.
+        # value twice (petracache answered STORED, 13, 12 before it followed suit).
         self.assertEqual(replies[1], replies[0], "petracache (second) differs from memcached")
 
 
