@@ -15,15 +15,16 @@
 #include "absl/strings/str_cat.h"
 #include "protocol/parser.h"
 #include "storage/memory_store.h"
+#include "tests/unit/storage/forwarding_store.h"
 
 namespace petracache::engine {
 namespace {
 
 // Wraps a store so that cache-only reads of chosen keys report kWouldBlock, non-stalling
 // writes can be made to report a stall, and a hook runs inside every Get.
-class ColdStore final : public storage::Store {
+class ColdStore final : public storage::ForwardingStore {
  public:
-  explicit ColdStore(storage::Store* inner) : inner_(inner) {}
+  explicit ColdStore(storage::Store* inner) : ForwardingStore(inner) {}
   std::string cold_key;
   bool stall_writes = false;
   bool overloaded = false;  // writes that may wait give up too (the store's stall timeout)
@@ -34,32 +35,24 @@ class ColdStore final : public storage::Store {
                                             std::string* value) override {
     if (on_get) on_get();
     if (options.cache_only && key == cold_key) return storage::LookupStatus::kWouldBlock;
-    return inner_->Get(key, options, header, value);
+    return ForwardingStore::Get(key, options, header, value);
   }
   using Store::Delete;
   using Store::Put;
   absl::Status Put(std::string_view key, const storage::ItemHeader& header, std::string_view value,
                    const storage::WriteOptions& options) override {
-    if (stall_writes && (options.no_stall || overloaded)) {
-      return absl::UnavailableError("write stall");
-    }
-    return inner_->Put(key, header, value, options);
+    if (Stalled(options)) return absl::UnavailableError("write stall");
+    return ForwardingStore::Put(key, header, value, options);
   }
   absl::Status Delete(std::string_view key, const storage::WriteOptions& options) override {
-    if (stall_writes && (options.no_stall || overloaded)) {
-      return absl::UnavailableError("write stall");
-    }
-    return inner_->Delete(key, options);
+    if (Stalled(options)) return absl::UnavailableError("write stall");
+    return ForwardingStore::Delete(key, options);
   }
-  absl::StatusOr<uint64_t> NextCas() override { return inner_->NextCas(); }
-  absl::Status SetFlushState(const storage::FlushState& s) override {
-    return inner_->SetFlushState(s);
-  }
-  storage::FlushState GetFlushState() const override { return inner_->GetFlushState(); }
-  storage::StoreStats GetStats() const override { return inner_->GetStats(); }
 
  private:
-  storage::Store* inner_;
+  bool Stalled(const storage::WriteOptions& options) const {
+    return stall_writes && (options.no_stall || overloaded);
+  }
 };
 
 class EngineTest : public ::testing::Test {

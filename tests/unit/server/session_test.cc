@@ -4,70 +4,43 @@
 #include <gtest/gtest.h>
 
 #include "storage/memory_store.h"
+#include "tests/unit/storage/forwarding_store.h"
 
 namespace petracache::server {
 namespace {
 
 // Reports every cache-only read of "cold" as needing disk.
-class ColdKeyStore final : public storage::Store {
+class ColdKeyStore final : public storage::ForwardingStore {
  public:
-  explicit ColdKeyStore(Clock* clock) : inner_(clock) {}
+  explicit ColdKeyStore(Clock* clock) : ForwardingStore(&memory_), memory_(clock) {}
   absl::StatusOr<storage::LookupStatus> Get(std::string_view key,
                                             const storage::ReadOptions& options,
                                             storage::ItemHeader* header,
                                             std::string* value) override {
     if (options.cache_only && key == "cold") return storage::LookupStatus::kWouldBlock;
-    return inner_.Get(key, options, header, value);
+    return ForwardingStore::Get(key, options, header, value);
   }
-  using Store::Delete;
-  using Store::Put;
-  absl::Status Put(std::string_view key, const storage::ItemHeader& header, std::string_view value,
-                   const storage::WriteOptions& options) override {
-    return inner_.Put(key, header, value, options);
-  }
-  absl::Status Delete(std::string_view key, const storage::WriteOptions& options) override {
-    return inner_.Delete(key, options);
-  }
-  absl::StatusOr<uint64_t> NextCas() override { return inner_.NextCas(); }
-  absl::Status SetFlushState(const storage::FlushState& s) override {
-    return inner_.SetFlushState(s);
-  }
-  storage::FlushState GetFlushState() const override { return inner_.GetFlushState(); }
-  storage::StoreStats GetStats() const override { return inner_.GetStats(); }
 
  private:
-  storage::MemoryStore inner_;
+  storage::MemoryStore memory_;
 };
 
 // A store with a write-ahead log in the group-commit sense: every write raises the mark, and
 // only Commit() (which can be made to fail) makes writes committed.
-class CommitStore final : public storage::Store {
+class CommitStore final : public storage::ForwardingStore {
  public:
-  explicit CommitStore(Clock* clock) : inner_(clock) {}
-  absl::StatusOr<storage::LookupStatus> Get(std::string_view key,
-                                            const storage::ReadOptions& options,
-                                            storage::ItemHeader* header,
-                                            std::string* value) override {
-    return inner_.Get(key, options, header, value);
-  }
+  explicit CommitStore(Clock* clock) : ForwardingStore(&memory_), memory_(clock) {}
   using Store::Delete;
   using Store::Put;
   absl::Status Put(std::string_view key, const storage::ItemHeader& header, std::string_view value,
                    const storage::WriteOptions& options) override {
     ++written_;
-    return inner_.Put(key, header, value, options);
+    return ForwardingStore::Put(key, header, value, options);
   }
   absl::Status Delete(std::string_view key, const storage::WriteOptions& options) override {
     ++written_;
-    return inner_.Delete(key, options);
+    return ForwardingStore::Delete(key, options);
   }
-  absl::StatusOr<uint64_t> NextCas() override { return inner_.NextCas(); }
-  absl::Status SetFlushState(const storage::FlushState& s) override {
-    return inner_.SetFlushState(s);
-  }
-  storage::FlushState GetFlushState() const override { return inner_.GetFlushState(); }
-  storage::StoreStats GetStats() const override { return inner_.GetStats(); }
-
   uint64_t CommitMark() const override { return written_; }
   bool Committed(uint64_t mark) const override { return mark <= committed_; }
   absl::Status Commit(uint64_t mark) override {
@@ -81,7 +54,7 @@ class CommitStore final : public storage::Store {
   int commits = 0;
 
  private:
-  storage::MemoryStore inner_;
+  storage::MemoryStore memory_;
   uint64_t written_ = 0;
   uint64_t committed_ = 0;
 };
