@@ -2,6 +2,7 @@
 #include "server/admin.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <charconv>
 #include <cstdio>
@@ -233,6 +234,14 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
   http.set_read_timeout(5, 0);
   http.set_write_timeout(5, 0);
   http.set_keep_alive_timeout(5);
+  // SO_REUSEADDR only. httplib's default adds SO_REUSEPORT, which lets the admin socket join
+  // any same-user listener's group on that port (the memcached port itself, or another
+  // instance's admin port) and silently take a share of its connections; without it, a port
+  // something listens on is refused at bind.
+  http.set_socket_options([](int fd) {
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  });
 
   http.Get("/health", [sources](const httplib::Request&, httplib::Response& res) {
     if (sources.loops_alive(2000)) {

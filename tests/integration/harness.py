@@ -66,11 +66,23 @@ def target_unavailable_reason():
     return None
 
 
+_handed_out = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 nothing listens on right now (the kernel picks it), never one
+    this process was given before: the kernel can hand the same free port to two calls in a
+    row (a test's admin port and its server port would then collide)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with _handed_out_lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no fresh free port after 1000 tries")
 
 
 def wait_for_port(port, deadline, proc=None, host="127.0.0.1"):
@@ -328,8 +340,9 @@ class ReadTimeout(Exception):
 class RawClient:
     """A blocking TCP client for exact-byte tests. Every read has a deadline."""
 
-    def __init__(self, address, timeout=DEFAULT_READ_TIMEOUT):
+    def __init__(self, address, timeout=DEFAULT_READ_TIMEOUT, server=None):
         self.timeout = timeout
+        self.server = server  # named in the message when the connection closes unexpectedly
         self.sock = socket.create_connection(address, timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
@@ -365,7 +378,13 @@ class RawClient:
             chunk = b""
         if not chunk:
             self.eof = True
-            raise ConnectionClosed("server closed the connection; unread: %r" % self.buf[:200])
+            message = "server closed the connection; unread: %r" % self.buf[:200]
+            if self.server is not None and self.server.proc is not None:
+                rc = self.server.proc.poll()
+                message += "\n%s %s\n%s" % (
+                    self.server.kind, "still running" if rc is None else "exited: %s" % rc,
+                    self.server.output_tail(1500))
+            raise ConnectionClosed(message)
         self.buf += chunk
         return True
 
@@ -437,7 +456,7 @@ class RawClient:
 
 
 def connect(server, timeout=DEFAULT_READ_TIMEOUT):
-    return RawClient(server.address, timeout)
+    return RawClient(server.address, timeout, server)
 
 
 def http_get(port, path, host="127.0.0.1", timeout=DEFAULT_READ_TIMEOUT):

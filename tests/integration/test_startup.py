@@ -210,6 +210,23 @@ class InUseTest(_StartupCase):
         self.assert_refuses(["--config", path], "127.0.0.1:%d" % first.port, "in use")
         self.assertTrue(first.alive())
 
+    def test_admin_port_equal_to_the_listen_port_is_refused(self):
+        # The admin socket must not join the memcached listeners' SO_REUSEPORT group (it
+        # would then take a share of the memcached connections and answer them as HTTP).
+        port = harness.free_port()
+        path = self.write_config(self.base_config(
+            port=port, extra="enabled = true\nlisten_addr = 127.0.0.1:%d\n" % port))
+        self.assert_refuses(["--config", path], "127.0.0.1:%d" % port, "in use")
+
+    def test_admin_port_in_use_by_another_petracache_is_refused(self):
+        admin = harness.free_port()
+        first = self.start(harness.make_server(extra_config={
+            "metrics": {"enabled": "true", "listen_addr": "127.0.0.1:%d" % admin}}))
+        path = self.write_config(self.base_config(
+            extra="enabled = true\nlisten_addr = 127.0.0.1:%d\n" % admin))
+        self.assert_refuses(["--config", path], "127.0.0.1:%d" % admin, "in use")
+        self.assertTrue(first.alive())
+
     def test_db_path_locked_by_another_petracache(self):
         first = self.start(harness.make_server())
         path = self.write_config(self.base_config(db_path=first.db_path))
