@@ -107,9 +107,14 @@ bool KeyChooser::ParseSpec(std::string_view spec, bool* zipf, double* exponent) 
 KeyChooser::KeyChooser(uint64_t keys, bool zipf, double exponent)
     : keys_(keys), zipf_(zipf), sampler_(keys, zipf ? exponent : 1.0) {}
 
-uint64_t KeyChooser::Next(Rng& rng) const {
-  if (!zipf_) return rng.Below(keys_);
+uint64_t KeyChooser::Next(Rng& rng, uint64_t* rank_out) const {
+  if (!zipf_) {
+    const uint64_t id = rng.Below(keys_);
+    if (rank_out != nullptr) *rank_out = id;
+    return id;
+  }
   const uint64_t rank = sampler_.Sample(rng);
+  if (rank_out != nullptr) *rank_out = rank;
   return static_cast<uint64_t>((static_cast<Uint128>(rank) * kScatterPrime) % keys_);
 }
 

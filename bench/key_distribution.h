@@ -58,7 +58,9 @@ class KeyChooser {
   [[nodiscard]] static bool ParseSpec(std::string_view spec, bool* zipf, double* exponent);
 
   KeyChooser(uint64_t keys, bool zipf, double exponent);
-  uint64_t Next(Rng& rng) const;
+  uint64_t Next(Rng& rng) const { return Next(rng, nullptr); }
+  // Also reports the key's popularity rank (0 = most popular; uniform: the id itself).
+  uint64_t Next(Rng& rng, uint64_t* rank) const;
 
  private:
   uint64_t keys_;

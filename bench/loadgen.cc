@@ -88,6 +88,7 @@ struct Options {
   bool timeline = false;
   double timeline_interval = 1.0;
   bool fill_on_miss = false;
+  uint64_t hot_keys = 0;
   double reconnect_ms = 10.0;
   double connect_timeout = 5.0;
   uint64_t seed = 1;
@@ -113,6 +114,8 @@ constexpr char kUsage[] = R"(usage: petracache-loadgen [options]
   --rate R                 open loop: R requests/s in total, latency from intended send
                            time (0 = closed loop: each connection keeps D in flight)
   --fill-on-miss           after a get miss, set the missed key (a cache-aside client)
+  --hot-keys N             also report the latency of gets whose key is among the N most
+                           popular (hot_get_latency_us): the requests the caches answer
   --timeline               add per-interval counters (ops, hits, misses, errors) to the JSON
   --timeline-interval S    seconds per timeline bucket (1)
   --reconnect-ms T         wait before reconnecting a failed connection (10)
@@ -247,6 +250,8 @@ Options ParseOptions(int argc, char** argv) {
     } else if (name == "fill-on-miss") {
       flag();
       o.fill_on_miss = true;
+    } else if (name == "hot-keys") {
+      o.hot_keys = uint_value(0, UINT64_MAX);
     } else if (name == "reconnect-ms") {
       o.reconnect_ms = double_value(0.0, 60000.0);
     } else if (name == "connect-timeout") {
@@ -302,6 +307,7 @@ struct WorkerResult {
   Histogram all;
   Histogram get;
   Histogram set;
+  Histogram hot_get;   // gets of one of the --hot-keys most popular keys
   Histogram send_lag;  // open loop: actual send time - intended send time, measured window
   std::vector<Counters> timeline;  // per timeline interval since the load phase began
   uint64_t conn_errors = 0;        // connections lost or refused (each reconnect attempt)
@@ -339,6 +345,7 @@ void StampLoadStart::operator()() noexcept {
 struct InFlight {
   RequestKind kind = RequestKind::kGet;
   uint32_t key_count = 0;
+  bool hot = false;    // a get of one of the --hot-keys most popular keys
   uint64_t start = 0;  // send time (closed loop) or intended send time (open loop)
 };
 
@@ -509,6 +516,7 @@ class Worker {
   void Issue(Connection* c, uint64_t start) {
     const size_t slot = (c->head + c->count) % c->ring.size();
     InFlight& f = c->ring[slot];
+    f.hot = false;
     uint64_t* keys = &c->ring_keys[slot * o_.multiget];
     f.start = start;
     if (phase_ == Phase::kPrefill) {
@@ -527,8 +535,11 @@ class Worker {
       f.kind = RequestKind::kGet;
       f.key_count = o_.multiget;
       c->out.append("get");
+      f.hot = o_.hot_keys > 0;
       for (uint32_t i = 0; i < o_.multiget; ++i) {
-        keys[i] = chooser_.Next(rng_);
+        uint64_t rank = 0;
+        keys[i] = chooser_.Next(rng_, &rank);
+        f.hot = f.hot && rank < o_.hot_keys;
         c->out.push_back(' ');
         format_.Append(keys[i], &c->out);
       }
@@ -627,6 +638,7 @@ class Worker {
         const uint64_t latency = now > f.start ? now - f.start : 0;
         result_.all.Record(latency);
         (f.kind == RequestKind::kGet ? result_.get : result_.set).Record(latency);
+        if (f.kind == RequestKind::kGet && f.hot) result_.hot_get.Record(latency);
       }
     }
     c->head = (c->head + 1) % c->ring.size();
@@ -911,6 +923,7 @@ int Main(int argc, char** argv) {
     total.all.Merge(r.all);
     total.get.Merge(r.get);
     total.set.Merge(r.set);
+    total.hot_get.Merge(r.hot_get);
     total.send_lag.Merge(r.send_lag);
     if (total.timeline.size() < r.timeline.size()) total.timeline.resize(r.timeline.size());
     for (size_t i = 0; i < r.timeline.size(); ++i) total.timeline[i].Add(r.timeline[i]);
@@ -980,6 +993,7 @@ int Main(int argc, char** argv) {
   field("latency_us", LatencyJson(total.all));
   field("get_latency_us", LatencyJson(total.get));
   field("set_latency_us", LatencyJson(total.set));
+  if (o.hot_keys > 0) field("hot_get_latency_us", LatencyJson(total.hot_get));
   if (o.rate > 0) field("send_lag_us", LatencyJson(total.send_lag));
   field("client_cpu_s", f(cpu, 3));
   field("client_cpu_us_per_op", f(cpu_us_per_op, 3));

@@ -107,6 +107,33 @@ TEST(KeyChooserTest, ZipfScattersRanksOverTheWholeSpace) {
   EXPECT_FALSE(KeyChooser::ParseSpec("pareto", &zipf, &exponent));
 }
 
+TEST(KeyChooserTest, RankNamesTheKeysPopularity) {
+  const uint64_t keys = 10000;
+  KeyChooser chooser(keys, true, 0.99);
+  Rng rng(11);
+  // The same rank always maps to the same key, and low ranks are drawn far more often.
+  std::vector<int64_t> key_of_rank(keys, -1);
+  uint64_t top_ten = 0;
+  const int draws = 100000;
+  for (int i = 0; i < draws; ++i) {
+    uint64_t rank = keys;
+    const uint64_t k = chooser.Next(rng, &rank);
+    ASSERT_LT(rank, keys);
+    if (key_of_rank[rank] < 0) key_of_rank[rank] = static_cast<int64_t>(k);
+    EXPECT_EQ(key_of_rank[rank], static_cast<int64_t>(k));
+    if (rank < 10) ++top_ten;
+  }
+  // Zipf(0.99) over 10,000 keys: the ten most popular take about 30% of the draws (H(10) /
+  // H(10000) with exponent 0.99), not 0.1%.
+  EXPECT_GT(top_ten, static_cast<uint64_t>(draws) / 5);
+  EXPECT_LT(top_ten, static_cast<uint64_t>(draws) / 2);
+
+  KeyChooser uniform(keys, false, 0.0);
+  uint64_t rank = keys;
+  const uint64_t k = uniform.Next(rng, &rank);
+  EXPECT_EQ(rank, k);
+}
+
 TEST(KeyFormatTest, RoundTrip) {
   KeyFormat format("key:");
   std::string key;
