@@ -585,7 +585,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
   // one LOG line per WAL flush, i.e. per event-loop iteration that wrote (~700 KB/s under
   // load, with formatting on the loop). INFO keeps flushes, compactions and errors.
   db_options.info_log_level = rocksdb::InfoLogLevel::INFO_LEVEL;
-  db_options.max_log_file_size = 64 << 20;  // then a new LOG; keep_log_file_num bound the rest
+  db_options.max_log_file_size = 64 << 20;  // then a new LOG; keep_log_file_num bounds the rest
   db_options.keep_log_file_num = 5;
   db_options.manual_wal_flush = options.durability != Durability::kNone;
 
