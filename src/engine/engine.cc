@@ -41,11 +41,7 @@ struct Lookup {
   LookupStatus status = LookupStatus::kNotFound;
 };
 
-Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHeader* header,
-            std::string* value) {
-  storage::ReadOptions options;
-  options.cache_only = !allow_disk;
-  absl::StatusOr<LookupStatus> r = store->Get(key, options, header, value);
+Lookup ToLookup(const absl::StatusOr<LookupStatus>& r) {
   Lookup out;
   if (!r.ok()) {
     PC_LOG(kWarning, "storage read failed: %s", r.status().ToString());
@@ -55,6 +51,22 @@ Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHe
   out.status = *r;
   out.would_block = *r == LookupStatus::kWouldBlock;
   return out;
+}
+
+storage::ReadOptions ReadOptionsFor(bool allow_disk) {
+  storage::ReadOptions options;
+  options.cache_only = !allow_disk;
+  return options;
+}
+
+Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHeader* header,
+            std::string* value) {
+  return ToLookup(store->Get(key, ReadOptionsFor(allow_disk), header, value));
+}
+
+Lookup Visit(storage::Store* store, std::string_view key, bool allow_disk,
+             storage::Store::ItemVisitor fn) {
+  return ToLookup(store->Visit(key, ReadOptionsFor(allow_disk), fn));
 }
 
 // What a store write's status means for the command: done, retry with disk access (an event
@@ -305,7 +317,10 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
         }
       }
     } else {
-      r = Read(store_, key, ctx.allow_disk, &header, &value);
+      // The store hands the item straight to the encoder: no copy through `value`.
+      r = Visit(store_, key, ctx.allow_disk, [&](const ItemHeader& h, std::string_view v) {
+        protocol::AppendValue(ctx.out, key, h.flags, v, with_cas ? &h.cas : nullptr);
+      });
     }
     if (r.would_block) {
       ctx.out->resize(rollback);
@@ -318,7 +333,9 @@ Outcome Engine::Retrieve(const Command& cmd, ExecContext& ctx) {
     delta.cmd_get++;
     if (touch) delta.cmd_touch++;
     if (IsLive(r.status)) {
-      protocol::AppendValue(ctx.out, key, header.flags, value, with_cas ? &header.cas : nullptr);
+      if (touch) {
+        protocol::AppendValue(ctx.out, key, header.flags, value, with_cas ? &header.cas : nullptr);
+      }
       (touch ? delta.touch_hits : delta.get_hits)++;
       continue;
     }

@@ -189,6 +189,8 @@ const std::vector<Key>& Keys() {
     k.push_back(Count(
         "server", "disk_read_threads", "",
         [](auto& c) -> auto& { return c.server.disk_read_threads; }));
+    k.push_back(Flag(
+        "server", "huge_pages", "", [](auto& c) -> auto& { return c.server.huge_pages; }));
     k.push_back(Text(
         "server", "log_level", "PETRACACHE_LOG_LEVEL",
         [](auto& c) -> auto& { return c.log_level; }));

@@ -9,6 +9,10 @@
 #include "server/config.h"
 #include "server/server.h"
 
+#if PETRACACHE_HAVE_MIMALLOC
+#include <mimalloc.h>
+#endif
+
 namespace {
 
 constexpr char kUsage[] =
@@ -95,6 +99,10 @@ int main(int argc, char** argv) {
   (void)petracache::ParseLogLevel(config->log_level, &level);
   petracache::SetLogLevel(level);
 
+#if PETRACACHE_HAVE_MIMALLOC
+  // Before the server allocates its big structures; what exists already stays as it is.
+  mi_option_set_enabled(mi_option_large_os_pages, config->server.huge_pages);
+#endif
   auto server = petracache::server::Server::Create(*config);
   if (!server.ok()) {
     std::fprintf(stderr, "petracache: %s\n", std::string(server.status().message()).c_str());

@@ -1,17 +1,17 @@
 // CachingStore: 64 shards, each a second-chance (CLOCK-like) list plus a flat hash index
-// under one mutex.
+// under one mutex. An entry is one allocation: list links, header, key and value together, so
+// a hit touches one index slot and one contiguous block.
 #include "storage/caching_store.h"
 
 #include <functional>
+#include <new>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 
 namespace petracache::storage {
 namespace {
-
-// Rough per-entry cost beyond key and value bytes: list node, index slot, two strings.
-constexpr uint64_t kEntryOverhead = 128;
 
 // Debian's Abseil has its own string_view type, so hash std::string_view with the standard
 // hasher.
@@ -19,57 +19,151 @@ struct KeyHash {
   size_t operator()(std::string_view key) const { return std::hash<std::string_view>{}(key); }
 };
 
+// Index cost per entry beyond the entry itself: a slot (key view + pointer) and its control
+// byte, at the table's lowest load.
+constexpr uint64_t kIndexOverhead = 2 * (sizeof(std::string_view) + sizeof(void*) + 1);
+
 }  // namespace
 
 struct CachingStore::Shard {
+  // Followed in the same allocation by the key bytes and then the value bytes.
   struct Entry {
-    std::string key;
+    Entry* prev;
+    Entry* next;
     ItemHeader header;
-    std::string value;
-    bool referenced = false;  // read since it last passed the eviction hand
-    uint64_t Cost() const { return key.size() + value.size() + kEntryOverhead; }
-  };
-  using List = std::list<Entry>;
+    uint32_t key_size;
+    uint32_t value_size;
+    bool referenced;  // read since it last passed the eviction hand
 
-  // Second-chance eviction: entries enter at the front; the hand works from the back, giving
-  // a referenced entry another round (moved to the front, bit cleared) and evicting the
-  // first unreferenced one. A hit only sets a bit, so reads never reorder the list.
+    const char* data() const { return reinterpret_cast<const char*>(this + 1); }
+    std::string_view key() const { return {data(), key_size}; }
+    std::string_view value() const { return {data() + key_size, value_size}; }
+    uint64_t Cost() const { return CostOf(key_size, value_size); }
+
+    static uint64_t CostOf(size_t key_size, size_t value_size) {
+      return sizeof(Entry) + key_size + value_size + kIndexOverhead;
+    }
+    static Entry* Create(std::string_view key, const ItemHeader& header,
+                         std::string_view value) {
+      void* block = ::operator new(sizeof(Entry) + key.size() + value.size());
+      Entry* e = new (block) Entry{nullptr, nullptr, header, static_cast<uint32_t>(key.size()),
+                                   static_cast<uint32_t>(value.size()), false};
+      char* p = reinterpret_cast<char*>(e + 1);
+      key.copy(p, key.size());
+      value.copy(p + key.size(), value.size());
+      return e;
+    }
+    static void Destroy(Entry* e) {
+      e->~Entry();
+      ::operator delete(e);
+    }
+  };
+
+  // Admission: once the shard is full, a key read from the inner store (or written) enters
+  // only if it was turned away recently too: `doorkeeper` remembers the fingerprints of the
+  // last keys turned away, one per slot, each overwritten by a later key that hashes to it.
+  // Keys read once in a long while (a skewed workload's long tail) never displace the ones
+  // read again and again; a key asked for twice within about doorkeeper.size() refusals gets
+  // in. Costs one array slot per key turned away, no per-key state.
+  std::vector<uint32_t> doorkeeper;
+
+  // Second-chance eviction: entries enter at the front (after `ring`); the hand works from
+  // the back, giving a referenced entry another round (moved to the front, bit cleared) and
+  // evicting the first unreferenced one. A hit only sets a bit, so reads never reorder the
+  // list. `ring` is the sentinel of a circular doubly linked list.
   std::mutex mu;
-  List lru;
-  absl::flat_hash_map<std::string_view, List::iterator, KeyHash> index;  // views into lru keys
+  Entry ring{&ring, &ring, {}, 0, 0, false};
+  absl::flat_hash_map<std::string_view, Entry*, KeyHash> index;  // views into entry keys
   uint64_t bytes = 0;
   uint64_t write_seq = 0;  // bumped by every mutation of a key in this shard
   uint64_t hits = 0;
   uint64_t misses = 0;
   uint64_t evictions = 0;
 
+  Shard() = default;
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+  ~Shard() { Clear(); }
+
+  static void Unlink(Entry* e) {
+    e->prev->next = e->next;
+    e->next->prev = e->prev;
+  }
+  void LinkFront(Entry* e) {
+    e->prev = &ring;
+    e->next = ring.next;
+    ring.next->prev = e;
+    ring.next = e;
+  }
+
+  void Remove(Entry* e) {
+    bytes -= e->Cost();
+    Unlink(e);
+    Entry::Destroy(e);
+  }
+
   void Erase(std::string_view key) {
     auto it = index.find(key);
     if (it == index.end()) return;
-    bytes -= it->second->Cost();
-    List::iterator entry = it->second;
+    Entry* e = it->second;
     index.erase(it);
-    lru.erase(entry);
+    Remove(e);
   }
 
-  void Upsert(std::string_view key, const ItemHeader& header, std::string_view value,
-              uint64_t capacity) {
-    Erase(key);
-    const uint64_t cost = key.size() + value.size() + kEntryOverhead;
+  void Clear() {
+    index.clear();
+    Entry* e = ring.next;
+    while (e != &ring) {
+      Entry* next = e->next;
+      Entry::Destroy(e);
+      e = next;
+    }
+    ring.next = ring.prev = &ring;
+    bytes = 0;
+  }
+
+  // Whether a key not held now may come in at `cost`, evicting others if need be.
+  bool Admit(size_t hash, uint64_t cost, uint64_t capacity) {
+    if (bytes + cost <= capacity) return true;  // room to spare: nothing is displaced
+    // Slot from the low bits, fingerprint from the high ones; the shard took bits 20-25.
+    uint32_t& slot = doorkeeper[hash & (doorkeeper.size() - 1)];
+    const uint32_t fingerprint = static_cast<uint32_t>(hash >> 32) | 1;
+    if (slot == fingerprint) {
+      slot = 0;
+      return true;
+    }
+    slot = fingerprint;
+    return false;
+  }
+
+  // Stores the item in the tier (replacing the key's entry) or, when it is not admitted,
+  // makes sure the tier holds nothing for the key.
+  void Upsert(std::string_view key, size_t hash, const ItemHeader& header,
+              std::string_view value, uint64_t capacity) {
+    const uint64_t cost = Entry::CostOf(key.size(), value.size());
+    auto it = index.find(key);
+    const bool held = it != index.end();
+    if (held) {
+      Entry* old = it->second;
+      index.erase(it);
+      Remove(old);
+    }
     if (cost > capacity / 4) return;  // a few huge values must not flush the whole shard
-    lru.push_front(Entry{std::string(key), header, std::string(value)});
-    index.emplace(lru.front().key, lru.begin());
+    if (!held && !Admit(hash, cost, capacity)) return;
+    Entry* e = Entry::Create(key, header, value);
+    LinkFront(e);
+    index.emplace(e->key(), e);
     bytes += cost;
-    while (bytes > capacity && !lru.empty()) {
-      Entry& victim = lru.back();
-      if (victim.referenced && lru.size() > 1) {
-        victim.referenced = false;
-        lru.splice(lru.begin(), lru, std::prev(lru.end()));
+    while (bytes > capacity && ring.prev != &ring) {
+      Entry* victim = ring.prev;
+      if (victim->referenced && victim != ring.next) {
+        victim->referenced = false;
+        Unlink(victim);
+        LinkFront(victim);
         continue;
       }
-      bytes -= victim.Cost();
-      index.erase(victim.key);
-      lru.pop_back();
+      index.erase(victim->key());
+      Remove(victim);
       ++evictions;
     }
   }
@@ -79,52 +173,70 @@ CachingStore::CachingStore(Store* inner, Clock* clock, uint64_t capacity_bytes)
     : inner_(inner),
       clock_(clock),
       shard_capacity_(capacity_bytes / kShards),
-      shards_(new Shard[kShards]) {}
+      shards_(new Shard[kShards]) {
+  // About one slot per 512 bytes held (a few slots per entry for small items); a power of two.
+  size_t slots = 1024;
+  while (slots < shard_capacity_ / 512 && slots < (size_t{1} << 20)) slots <<= 1;
+  for (size_t i = 0; i < kShards; ++i) shards_[i].doorkeeper.assign(slots, 0);
+}
 
 CachingStore::~CachingStore() = default;
 
-CachingStore::Shard& CachingStore::ShardFor(std::string_view key) const {
+size_t CachingStore::Hash(std::string_view key) { return std::hash<std::string_view>{}(key); }
+
+CachingStore::Shard& CachingStore::ShardFor(size_t hash) const {
   // The high bits, so the shard does not correlate with the engine's lock stripe.
-  return shards_[(std::hash<std::string_view>{}(key) >> 20) % kShards];
+  return shards_[(hash >> 20) % kShards];
 }
 
 absl::StatusOr<LookupStatus> CachingStore::Get(std::string_view key, const ReadOptions& options,
                                                ItemHeader* header, std::string* value) {
-  Shard& shard = ShardFor(key);
+  return Visit(key, options, [&](const ItemHeader& h, std::string_view v) {
+    *header = h;
+    value->assign(v);
+  });
+}
+
+absl::StatusOr<LookupStatus> CachingStore::Visit(std::string_view key, const ReadOptions& options,
+                                                 ItemVisitor fn) {
+  const size_t hash = Hash(key);
+  Shard& shard = ShardFor(hash);
   uint64_t seq;
   {
     std::lock_guard lock(shard.mu);
     auto it = shard.index.find(key);
     if (it != shard.index.end()) {
-      Shard::List::iterator entry = it->second;
+      Shard::Entry* entry = it->second;
       entry->referenced = true;
       ++shard.hits;
       const int64_t now = clock_->Now();
-      if (IsExpired(entry->header, now)) return LookupStatus::kExpired;
+      // Flushed before expired, as the inner store and memcached judge them.
       if (IsFlushed(entry->header, inner_->GetFlushState(), now)) return LookupStatus::kFlushed;
-      *header = entry->header;
-      value->assign(entry->value);
+      if (IsExpired(entry->header, now)) return LookupStatus::kExpired;
+      fn(entry->header, entry->value());
       return LookupStatus::kFound;
     }
     ++shard.misses;
     seq = shard.write_seq;
   }
-  absl::StatusOr<LookupStatus> r = inner_->Get(key, options, header, value);
-  if (r.ok() && *r == LookupStatus::kFound) {
-    std::lock_guard lock(shard.mu);
-    if (shard.write_seq == seq) shard.Upsert(key, *header, *value, shard_capacity_);
-  }
-  return r;
+  return inner_->Visit(key, options, [&](const ItemHeader& header, std::string_view value) {
+    {
+      std::lock_guard lock(shard.mu);
+      if (shard.write_seq == seq) shard.Upsert(key, hash, header, value, shard_capacity_);
+    }
+    fn(header, value);
+  });
 }
 
 absl::Status CachingStore::Put(std::string_view key, const ItemHeader& header,
                                std::string_view value, const WriteOptions& options) {
   absl::Status s = inner_->Put(key, header, value, options);
-  Shard& shard = ShardFor(key);
+  const size_t hash = Hash(key);
+  Shard& shard = ShardFor(hash);
   std::lock_guard lock(shard.mu);
   ++shard.write_seq;
   if (s.ok()) {
-    shard.Upsert(key, header, value, shard_capacity_);
+    shard.Upsert(key, hash, header, value, shard_capacity_);
   } else {
     shard.Erase(key);  // the inner store's state is unknown: read it next time
   }
@@ -133,7 +245,7 @@ absl::Status CachingStore::Put(std::string_view key, const ItemHeader& header,
 
 absl::Status CachingStore::Delete(std::string_view key, const WriteOptions& options) {
   absl::Status s = inner_->Delete(key, options);
-  Shard& shard = ShardFor(key);
+  Shard& shard = ShardFor(Hash(key));
   std::lock_guard lock(shard.mu);
   ++shard.write_seq;
   shard.Erase(key);
@@ -147,9 +259,7 @@ absl::Status CachingStore::SetFlushState(const FlushState& state) {
     Shard& shard = shards_[i];
     std::lock_guard lock(shard.mu);
     ++shard.write_seq;
-    shard.index.clear();
-    shard.lru.clear();
-    shard.bytes = 0;
+    shard.Clear();
   }
   return s;
 }

@@ -5,7 +5,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -42,6 +41,10 @@ class CachingStore final : public Store {
 
   [[nodiscard]] absl::StatusOr<LookupStatus> Get(std::string_view key, const ReadOptions& options,
                                                  ItemHeader* header, std::string* value) override;
+  // A hit hands the cached item to `fn` under its shard's lock: no copy, no allocation.
+  [[nodiscard]] absl::StatusOr<LookupStatus> Visit(std::string_view key,
+                                                   const ReadOptions& options,
+                                                   ItemVisitor fn) override;
   using Store::Delete;
   using Store::Put;
   [[nodiscard]] absl::Status Put(std::string_view key, const ItemHeader& header,
@@ -64,7 +67,8 @@ class CachingStore final : public Store {
   struct Shard;
   static constexpr size_t kShards = 64;
 
-  Shard& ShardFor(std::string_view key) const;
+  static size_t Hash(std::string_view key);
+  Shard& ShardFor(size_t hash) const;
 
   Store* const inner_;
   Clock* const clock_;

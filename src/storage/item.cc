@@ -5,12 +5,14 @@ namespace petracache::storage {
 namespace {
 
 // Explicit byte shifts so the format is little endian on every host.
-void PutFixed32(uint32_t v, std::string* out) {
-  for (int i = 0; i < 4; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+char* PutFixed32(uint32_t v, char* out) {
+  for (int i = 0; i < 4; ++i) *out++ = static_cast<char>((v >> (8 * i)) & 0xff);
+  return out;
 }
 
-void PutFixed64(uint64_t v, std::string* out) {
-  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+char* PutFixed64(uint64_t v, char* out) {
+  for (int i = 0; i < 8; ++i) *out++ = static_cast<char>((v >> (8 * i)) & 0xff);
+  return out;
 }
 
 uint32_t GetFixed32(const char* p) {
@@ -27,13 +29,19 @@ uint64_t GetFixed64(const char* p) {
 
 }  // namespace
 
-void EncodeRecord(const ItemHeader& header, std::string_view value, std::string* out) {
-  out->reserve(out->size() + kRecordHeaderSize + value.size());
-  out->push_back(static_cast<char>(kRecordFormatV1));
-  PutFixed32(header.flags, out);
-  PutFixed64(static_cast<uint64_t>(header.exptime), out);
-  PutFixed64(header.cas, out);
+void EncodeRecordHeader(const ItemHeader& header, char* out) {
+  *out++ = static_cast<char>(kRecordFormatV1);
+  out = PutFixed32(header.flags, out);
+  out = PutFixed64(static_cast<uint64_t>(header.exptime), out);
+  out = PutFixed64(header.cas, out);
   PutFixed64(static_cast<uint64_t>(header.write_time), out);
+}
+
+void EncodeRecord(const ItemHeader& header, std::string_view value, std::string* out) {
+  char head[kRecordHeaderSize];
+  EncodeRecordHeader(header, head);
+  out->reserve(out->size() + kRecordHeaderSize + value.size());
+  out->append(head, kRecordHeaderSize);
   out->append(value);
 }
 

@@ -44,6 +44,8 @@ inline bool IsFlushed(const ItemHeader& h, const FlushState& f, int64_t now) {
 inline constexpr uint8_t kRecordFormatV1 = 1;
 inline constexpr size_t kRecordHeaderSize = 29;
 
+// Writes the record's header (the first kRecordHeaderSize bytes) to out.
+void EncodeRecordHeader(const ItemHeader& header, char* out);
 // Appends the encoded record to *out.
 void EncodeRecord(const ItemHeader& header, std::string_view value, std::string* out);
 // Decodes a record. Returns false for a record that is too short or of an unknown format.

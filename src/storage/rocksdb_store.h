@@ -68,6 +68,10 @@ class RocksDbStore final : public Store {
   // DataLoss error.
   [[nodiscard]] absl::StatusOr<LookupStatus> Get(std::string_view key, const ReadOptions& options,
                                                  ItemHeader* header, std::string* value) override;
+  // Hands out the record where RocksDB pins it (a block cache block) when it can.
+  [[nodiscard]] absl::StatusOr<LookupStatus> Visit(std::string_view key,
+                                                   const ReadOptions& options,
+                                                   ItemVisitor fn) override;
   using Store::Delete;
   using Store::Put;
   [[nodiscard]] absl::Status Put(std::string_view key, const ItemHeader& header,

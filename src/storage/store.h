@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "storage/item.h"
@@ -55,6 +56,15 @@ class Store {
                                                          const ReadOptions& options,
                                                          ItemHeader* header,
                                                          std::string* value) = 0;
+  // Looks key up like Get, but on kFound hands the item to `fn` instead of copying it out:
+  // the header and value passed to `fn` are valid only during the call, and `fn` must not
+  // call back into the store. Stores that hold items in memory override it to skip a copy;
+  // the default reads with Get.
+  using ItemVisitor = absl::FunctionRef<void(const ItemHeader& header, std::string_view value)>;
+  [[nodiscard]] virtual absl::StatusOr<LookupStatus> Visit(std::string_view key,
+                                                           const ReadOptions& options,
+                                                           ItemVisitor fn);
+
   // Stores the item, replacing any previous one. Readers see it once this returns OK; it is
   // durable per the store's durability mode once a Commit() covering it returns OK (see
   // CommitMark). With options.no_stall, a write the store would have to delay (a

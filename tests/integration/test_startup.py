@@ -313,3 +313,61 @@ class EnvironmentAndAddressTest(_StartupCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def _thp_mode():
+    """The kernel's transparent huge page mode ('always', 'madvise', 'never'), or None."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return re.search(r"\[(\w+)\]", f.read()).group(1)
+    except (OSError, AttributeError):
+        return None
+
+
+def _anon_huge_kib(pid):
+    total = 0
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                total += int(line.split()[1])
+    return total
+
+
+def _uses_mimalloc(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return "libmimalloc" in f.read()
+
+
+class HugePagesTest(_StartupCase):
+    """[server] huge_pages: the server's memory sits on transparent huge pages, or not."""
+
+    def fill(self, huge_pages):
+        """Starts a server (huge_pages None: the default), stores 40 MB, returns the server's
+        AnonHugePages in KiB."""
+        extra = {"storage": {"hot_cache_size": "64MiB"}}
+        if huge_pages is not None:
+            extra["server"] = {"huge_pages": "true" if huge_pages else "false"}
+        server = harness.make_server(threads=1, extra_config=extra)
+        self.start(server)
+        if not _uses_mimalloc(server.pid):
+            self.skipTest("built without mimalloc")
+        value = b"x" * 100_000
+        with harness.connect(server) as c:
+            # 40 MB into the hot tier and the memtable: more than the allocator segment it
+            # had before the setting applied.
+            for i in range(400):
+                self.assertEqual(c.request(b"set hp%d 0 0 %d\r\n%s\r\n" % (i, len(value), value)),
+                                 b"STORED\r\n")
+            self.assertEqual(c.get_reply(b"get hp7\r\n"),
+                             b"VALUE hp7 0 %d\r\n%s\r\nEND\r\n" % (len(value), value))
+        return _anon_huge_kib(server.pid)
+
+    def test_on_where_the_kernel_offers_them(self):
+        if _thp_mode() not in ("always", "madvise"):
+            self.skipTest("transparent huge pages are off in this kernel")
+        self.assertGreater(self.fill(huge_pages=True), 0)
+
+    def test_off_by_default_keeps_small_pages(self):
+        if _thp_mode() != "madvise":
+            self.skipTest("needs THP in madvise mode (with 'always' the kernel decides)")
+        self.assertEqual(self.fill(huge_pages=None), 0)

@@ -3,9 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -143,6 +146,8 @@ TEST(CachingStoreTest, StaysWithinCapacity) {
   CachingStore cache(&inner, &clock, capacity);
   std::string value(1000, 'v');
   for (int i = 0; i < 20000; ++i) {
+    // Twice: once the tier is full, a key gets in on its second write in a short while.
+    ASSERT_TRUE(cache.Put("key" + std::to_string(i), ItemHeader{}, value).ok());
     ASSERT_TRUE(cache.Put("key" + std::to_string(i), ItemHeader{}, value).ok());
   }
   HotCacheStats s = cache.CacheStats();
@@ -172,6 +177,89 @@ TEST(CachingStoreTest, JudgesExpiryAndFlushOnHits) {
   ASSERT_TRUE(cache.SetFlushState(FlushState{1019, 6}).ok());
   EXPECT_EQ(cache.CacheStats().items, 0u);
   EXPECT_EQ(*cache.Get("g", ReadOptions{}, &h, &v), LookupStatus::kFlushed);
+}
+
+// memcached counts an item both flushed and expired as flushed (get_flushed); a hit in the
+// tier must judge it the way the inner store does.
+TEST(CachingStoreTest, CountsAnItemFlushedAndExpiredAsFlushed) {
+  FakeClock clock(1000);
+  MemoryStore inner(&clock);
+  CachingStore cache(&inner, &clock, 1 << 20);
+  ASSERT_TRUE(cache.Put("k", ItemHeader{0, 1010, 1, 1000}, "v").ok());
+  ASSERT_TRUE(cache.SetFlushState(FlushState{1005, 0}).ok());  // delayed: the tier keeps "k"
+  ASSERT_EQ(cache.CacheStats().items, 1u);
+  clock.Set(1010);
+  ItemHeader h;
+  std::string v;
+  EXPECT_EQ(*cache.Get("k", ReadOptions{}, &h, &v), LookupStatus::kFlushed);
+  EXPECT_EQ(*inner.Get("k", ReadOptions{}, &h, &v), LookupStatus::kFlushed);
+}
+
+// A hit is handed to the visitor in place: the inner store is not asked, nothing is copied
+// out first, and a miss in both tiers visits nothing.
+TEST(CachingStoreTest, VisitHandsOutHitsInPlace) {
+  FakeClock clock;
+  PausingStore inner(&clock);
+  CachingStore cache(&inner, &clock, 1 << 20);
+  ASSERT_TRUE(cache.Put("k", ItemHeader{9, 0, 3, 0}, "value").ok());
+  int visits = 0;
+  auto r = cache.Visit("k", ReadOptions{}, [&](const ItemHeader& h, std::string_view v) {
+    ++visits;
+    EXPECT_EQ(h.flags, 9u);
+    EXPECT_EQ(h.cas, 3u);
+    EXPECT_EQ(v, "value");
+  });
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, LookupStatus::kFound);
+  EXPECT_EQ(visits, 1);
+  EXPECT_EQ(inner.gets.load(), 0);
+  r = cache.Visit("absent", ReadOptions{}, [&](const ItemHeader&, std::string_view) { ++visits; });
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, LookupStatus::kNotFound);
+  EXPECT_EQ(visits, 1);
+  EXPECT_EQ(inner.gets.load(), 1);
+}
+
+// Under a skewed (Zipf 0.99) read load over far more keys than the tier holds, the tier
+// should keep the popular keys: its hit rate stays close to that of an ideal tier holding
+// exactly the most popular keys that fit. Measured here: 0.937 of the ideal with the
+// doorkeeper, 0.891 without it (every miss filled: the long tail keeps displacing them).
+TEST(CachingStoreTest, KeepsThePopularKeysUnderASkewedLoad) {
+  constexpr int kKeys = 200'000;
+  constexpr int kReads = 1'000'000;
+  FakeClock clock;
+  MemoryStore inner(&clock);
+  const std::string value(200, 'v');
+  for (int i = 0; i < kKeys; ++i) ASSERT_TRUE(inner.Put("z" + std::to_string(i), {}, value).ok());
+  CachingStore cache(&inner, &clock, 2'500'000);
+
+  // Zipf(0.99) over ranks; rank r is key z<r> (the hash spreads them over shards).
+  std::vector<double> cdf(kKeys);
+  double sum = 0;
+  for (int r = 0; r < kKeys; ++r) cdf[r] = (sum += 1.0 / std::pow(r + 1, 0.99));
+  std::mt19937_64 rng(42);
+  std::uniform_real_distribution<double> uniform(0, sum);
+  auto read_some = [&](int n) {
+    ItemHeader h;
+    std::string v;
+    for (int i = 0; i < n; ++i) {
+      const int rank = static_cast<int>(
+          std::upper_bound(cdf.begin(), cdf.end(), uniform(rng)) - cdf.begin());
+      ASSERT_EQ(*cache.Get("z" + std::to_string(std::min(rank, kKeys - 1)), {}, &h, &v),
+                LookupStatus::kFound);
+    }
+  };
+  read_some(kReads);  // warm up
+  const HotCacheStats before = cache.CacheStats();
+  read_some(kReads);
+  const HotCacheStats after = cache.CacheStats();
+  const double hit_rate = static_cast<double>(after.hits - before.hits) /
+                          static_cast<double>(after.hits + after.misses - before.hits -
+                                              before.misses);
+  const double ideal = cdf[after.items - 1] / sum;  // the top `items` keys' share of reads
+  EXPECT_GT(after.items, 5'000u);
+  EXPECT_GE(hit_rate, 0.92 * ideal) << "hit rate " << hit_rate << ", ideal " << ideal
+                                    << " with " << after.items << " items";
 }
 
 // Writers publish increasing versions of their keys; readers must never see a version go

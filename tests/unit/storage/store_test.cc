@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "storage/caching_store.h"
 #include "storage/memory_store.h"
 #include "storage/rocksdb_store.h"
 #include "tests/unit/storage/test_util.h"
@@ -41,6 +42,20 @@ class RocksDbStoreFactory {
   TempDir dir_;
 };
 
+// The hot-item tier over RocksDB: it must behave as any store does.
+class CachingStoreFactory {
+ public:
+  std::unique_ptr<Store> Make(Clock* clock) {
+    inner_ = rocks_.Make(clock);
+    if (inner_ == nullptr) return nullptr;
+    return std::make_unique<CachingStore>(inner_.get(), clock, 1 << 20);
+  }
+
+ private:
+  RocksDbStoreFactory rocks_;
+  std::unique_ptr<Store> inner_;
+};
+
 template <typename Factory>
 class StoreTest : public ::testing::Test {
  protected:
@@ -57,6 +72,21 @@ class StoreTest : public ::testing::Test {
     auto result = store_->Get(key, ReadOptions{.cache_only = cache_only}, &h, &v);
     EXPECT_TRUE(result.ok()) << result.status();
     if (!result.ok()) return LookupStatus::kNotFound;
+    // Visit must agree with Get, handing out the same item exactly when Get finds one.
+    int visits = 0;
+    auto visited = store_->Visit(key, ReadOptions{.cache_only = cache_only},
+                                 [&](const ItemHeader& vh, std::string_view vv) {
+                                   ++visits;
+                                   EXPECT_EQ(vh.cas, h.cas);
+                                   EXPECT_EQ(vh.flags, h.flags);
+                                   EXPECT_EQ(vh.exptime, h.exptime);
+                                   EXPECT_EQ(vv, v);
+                                 });
+    EXPECT_TRUE(visited.ok()) << visited.status();
+    if (visited.ok()) {
+      EXPECT_EQ(*visited, *result);
+    }
+    EXPECT_EQ(visits, *result == LookupStatus::kFound ? 1 : 0);
     if (header != nullptr) *header = h;
     if (value != nullptr) *value = v;
     return *result;
@@ -74,13 +104,15 @@ class StoreTest : public ::testing::Test {
   std::unique_ptr<Store> store_;
 };
 
-using Factories = ::testing::Types<MemoryStoreFactory, RocksDbStoreFactory>;
+using Factories =
+    ::testing::Types<MemoryStoreFactory, RocksDbStoreFactory, CachingStoreFactory>;
 
 class FactoryNames {
  public:
   template <typename T>
   static std::string GetName(int) {
-    return std::is_same_v<T, MemoryStoreFactory> ? "Memory" : "RocksDb";
+    if (std::is_same_v<T, MemoryStoreFactory>) return "Memory";
+    return std::is_same_v<T, RocksDbStoreFactory> ? "RocksDb" : "CachingOverRocksDb";
   }
 };
 
