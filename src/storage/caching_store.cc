@@ -143,6 +143,15 @@ struct CachingStore::Shard {
     const uint64_t cost = Entry::CostOf(key.size(), value.size());
     auto it = index.find(key);
     const bool held = it != index.end();
+    if (held && it->second->value_size == value.size()) {
+      // Same size (the common overwrite): rewrite in place, no allocation, no index change.
+      // The write counts as a use, as a read does.
+      Entry* e = it->second;
+      e->header = header;
+      value.copy(const_cast<char*>(e->value().data()), value.size());
+      e->referenced = true;
+      return;
+    }
     if (held) {
       Entry* old = it->second;
       index.erase(it);

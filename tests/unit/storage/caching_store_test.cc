@@ -195,6 +195,31 @@ TEST(CachingStoreTest, CountsAnItemFlushedAndExpiredAsFlushed) {
   EXPECT_EQ(*inner.Get("k", ReadOptions{}, &h, &v), LookupStatus::kFlushed);
 }
 
+// Overwrites replace header and value whether or not the size changes (same size: rewritten
+// in place), and the accounting follows.
+TEST(CachingStoreTest, OverwritesReplaceHeaderAndValue) {
+  FakeClock clock;
+  PausingStore inner(&clock);
+  CachingStore cache(&inner, &clock, 1 << 20);
+  ASSERT_TRUE(cache.Put("k", ItemHeader{1, 0, 1, 0}, "aaaa").ok());
+  const uint64_t bytes = cache.CacheStats().bytes;
+  ASSERT_TRUE(cache.Put("k", ItemHeader{2, 0, 2, 0}, "bbbb").ok());
+  ItemHeader h;
+  std::string v;
+  ASSERT_EQ(*cache.Get("k", ReadOptions{}, &h, &v), LookupStatus::kFound);
+  EXPECT_EQ(h.flags, 2u);
+  EXPECT_EQ(h.cas, 2u);
+  EXPECT_EQ(v, "bbbb");
+  EXPECT_EQ(cache.CacheStats().bytes, bytes);
+  ASSERT_TRUE(cache.Put("k", ItemHeader{3, 0, 3, 0}, "cc").ok());
+  ASSERT_EQ(*cache.Get("k", ReadOptions{}, &h, &v), LookupStatus::kFound);
+  EXPECT_EQ(h.cas, 3u);
+  EXPECT_EQ(v, "cc");
+  EXPECT_EQ(cache.CacheStats().bytes, bytes - 2);
+  EXPECT_EQ(cache.CacheStats().items, 1u);
+  EXPECT_EQ(inner.gets.load(), 0);
+}
+
 // A hit is handed to the visitor in place: the inner store is not asked, nothing is copied
 // out first, and a miss in both tiers visits nothing.
 TEST(CachingStoreTest, VisitHandsOutHitsInPlace) {
