@@ -64,7 +64,7 @@ struct CachingStore::Shard {
   // last keys turned away, one per slot, each overwritten by a later key that hashes to it.
   // Keys read once in a long while (a skewed workload's long tail) never displace the ones
   // read again and again; a key asked for twice within about doorkeeper.size() refusals gets
-  // in. Costs one array slot per key turned away, no per-key state.
+  // in. A fixed array per shard (sized in the constructor); no per-key state.
   std::vector<uint32_t> doorkeeper;
 
   // Second-chance eviction: entries enter at the front (after `ring`); the hand works from
