@@ -61,7 +61,7 @@ PETRACACHE_CONFIG = {"server": {"write_buffer_size": "64KiB"},
                                  "block_cache_size": "32MiB"}}
 
 SEGMENT_TIMEOUT = 10.0  # a batch's replies must arrive within this
-QUIET_TIMEOUT = 1.0     # ... and a batch stalls if nothing arrives for this long
+QUIET_TIMEOUT = 3.0     # ... and a batch stalls if nothing arrives for this long
 
 
 def item_limit(key, flags):

@@ -178,7 +178,36 @@ class Server:
             raise ServerError("%s did not accept connections on port %d within %.0fs "
                               "(exit code %s)\n%s" % (self.kind, self.port, timeout, rc,
                                                       self.output_tail()))
+        self._wait_until_serving(time.monotonic() + timeout)
         return self
+
+    def _wait_until_serving(self, deadline):
+        """Accepting is not serving: petracache binds its port before it opens the database
+        and starts its loops, and the connection wait_for_port made sits in a backlog until
+        then. Wait (bounded) until a request is answered and, for petracache, until `stats`
+        counts both connections, so no test's first request pays for the rest of startup and
+        no counter a test reads still has the probes' accepts to come."""
+        want_connections = 2 if self.kind == "petracache" else 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with RawClient(self.address, timeout=1.0) as c:
+                    if not c.request(b"version\r\n").startswith(b"VERSION "):
+                        raise ServerError("%s answered `version` wrongly" % self.kind)
+                    while time.monotonic() < deadline:
+                        c.send(b"stats\r\n")
+                        body = c.read_until(b"END\r\n")
+                        m = re.search(rb"STAT total_connections (\d+)\r\n", body)
+                        if m is None or int(m.group(1)) >= want_connections:
+                            return
+                        time.sleep(0.01)
+            except (OSError, ConnectionClosed, ReadTimeout):
+                time.sleep(0.05)
+        rc = self.proc.poll()
+        self._terminate()
+        raise ServerError("%s accepted connections but did not answer within the start "
+                          "timeout (exit code %s)\n%s" % (self.kind, rc, self.output_tail()))
 
     def output_tail(self, limit=4000):
         parts = []

@@ -29,7 +29,7 @@ SLACK_MIB = 48
 BIG = 256 * 1024
 SERVER = {"write_buffer_size": "1MiB"}
 STORAGE = {"block_cache_size": "32MiB", "write_buffer_size": "8MiB"}
-PROMPT = 1.0    # seconds: the bystander's worst round trip
+PROMPT = 2.0    # seconds: the bystander's worst round trip (a blocked loop waits far longer)
 
 
 def per_conn_mib(largest_reply):

@@ -29,7 +29,7 @@ def _skip_unless_both():
 
 
 class DifferentialTest(unittest.TestCase):
-    def run_seed_set(self, seeds, budget, durability=None):
+    def run_seed_set(self, seeds, budget, durability=None, min_seeds=10):
         _skip_unless_both()
         out_dir = tempfile.mkdtemp(prefix="petracache-diff-")
         log = []
@@ -41,7 +41,7 @@ class DifferentialTest(unittest.TestCase):
                       "tests/integration/differential.py --seed %d%s --verbose)\n%s" % (
                           " (durability=%s)" % durability if durability else "", seed, seed,
                           " --durability %s" % durability if durability else "", report))
-        self.assertGreaterEqual(stats.seeds, min(len(seeds), 10), "too few seeds ran")
+        self.assertGreaterEqual(stats.seeds, min(len(seeds), min_seeds), "too few seeds ran")
         self.assertEqual(stats.stalled, 0, "a batch stalled on both servers: the generator "
                          "sent something that left both waiting")
         os.rmdir(out_dir)
@@ -50,7 +50,8 @@ class DifferentialTest(unittest.TestCase):
         self.run_seed_set(DEFAULT_SEEDS, budget=16.0)
 
     def test_fixed_seeds_sync_durability(self):
-        self.run_seed_set(SYNC_SEEDS, budget=8.0, durability="sync")
+        # Every batch waits for an fsync: a slow disk gets through fewer seeds.
+        self.run_seed_set(SYNC_SEEDS, budget=12.0, durability="sync", min_seeds=5)
 
     def test_generator_self_check(self):
         if harness.is_petracache():

@@ -481,9 +481,15 @@ class BusyStoreTest(unittest.TestCase):
         # flow again (storage/LongWriteStallIsRefusedNotWaitedOut makes a stop happen). This
         # load mostly slows writers: 200 KB writes are answered within ~0.9 s. Only version's
         # promptness is asserted; the summary reports the rest.
-        self.assertLess(max(load.version_latencies), PROMPT,
+        # Latencies are timed in Python threads sharing the interpreter with six writers on
+        # a small machine: a rare probe may lose the CPU. A loop waiting behind storage
+        # would delay many probes (stalls recur through the run), so the bound is on the
+        # p99, and no probe may reach mcrouter's timeout.
+        latencies = sorted(load.version_latencies)
+        self.assertLess(latencies[int(0.99 * (len(latencies) - 1))], PROMPT,
                         "version waited behind storage (mcrouter's timeout is %.0fs and "
                         "version is its TKO probe): %s" % (MCROUTER_TIMEOUT, summary))
+        self.assertLess(latencies[-1], MCROUTER_TIMEOUT, summary)
 
     def test_busy_store_durability_sync(self):
         self.check("sync")

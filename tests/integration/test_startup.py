@@ -10,6 +10,7 @@ import tempfile
 import time
 import unittest
 
+import faults_util as fu
 import harness
 
 RUN_TIMEOUT = 15.0  # a failing start must exit well within this
@@ -324,11 +325,14 @@ def _thp_mode():
         return None
 
 
-def _anon_huge_kib(pid):
+def _huge_kib(pid):
+    """KiB of the process's memory on huge pages: transparent ones (AnonHugePages) and, where
+    the administrator reserved a hugetlb pool (vm.nr_hugepages), explicit ones, which mimalloc
+    tries first."""
     total = 0
     with open("/proc/%d/smaps" % pid) as f:
         for line in f:
-            if line.startswith("AnonHugePages:"):
+            if line.startswith(("AnonHugePages:", "Private_Hugetlb:", "Shared_Hugetlb:")):
                 total += int(line.split()[1])
     return total
 
@@ -342,8 +346,8 @@ class HugePagesTest(_StartupCase):
     """[server] huge_pages: the server's memory sits on transparent huge pages, or not."""
 
     def fill(self, huge_pages):
-        """Starts a server (huge_pages None: the default), stores 40 MB, returns the server's
-        AnonHugePages in KiB."""
+        """Starts a server (huge_pages None: the default), stores 40 MB, returns the KiB of
+        the server's memory on huge pages."""
         extra = {"storage": {"hot_cache_size": "64MiB"}}
         if huge_pages is not None:
             extra["server"] = {"huge_pages": "true" if huge_pages else "false"}
@@ -360,7 +364,11 @@ class HugePagesTest(_StartupCase):
                                  b"STORED\r\n")
             self.assertEqual(c.get_reply(b"get hp7\r\n"),
                              b"VALUE hp7 0 %d\r\n%s\r\nEND\r\n" % (len(value), value))
-        return _anon_huge_kib(server.pid)
+        if huge_pages:
+            # A fault may get a small page when memory is fragmented; khugepaged collapses
+            # such ranges later. Bounded wait for any huge page to appear.
+            fu.wait_until(lambda: _huge_kib(server.pid) > 0, 10, 0.1)
+        return _huge_kib(server.pid)
 
     def test_on_where_the_kernel_offers_them(self):
         if _thp_mode() not in ("always", "madvise"):
