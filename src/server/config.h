@@ -31,7 +31,7 @@ struct ServerOptions {
   bool enable_shutdown = false;
   bool disable_flush_all = false;
   std::string user;                // when started as root, drop privileges to this user
-  uint64_t disk_read_threads = 2;  // blocking pool serving reads that miss the block cache
+  uint64_t disk_read_threads = 4;  // blocking pool serving reads that miss the block cache
   // Back the allocator's memory (hot tier, memtables, block cache) with transparent huge
   // pages where the kernel offers them (mimalloc's large OS pages). Off by default: memory
   // is then committed eagerly and not returned, so buffer-heavy load keeps a higher RSS.
