@@ -71,7 +71,7 @@ def _exchange(server, payload, then):
     (first replies, replies to `then`)."""
     with harness.connect(server, timeout=10) as c:
         c.send(payload)
-        first = c.read_available(quiet=0.5, timeout=10)
+        first = c.read_available(quiet=1.0, timeout=10)
         return first, c.get_reply(then)
 
 

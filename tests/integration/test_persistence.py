@@ -105,9 +105,9 @@ class PersistenceTest(unittest.TestCase):
                 live[key] = (flags, value)
             requests.append(b"set %s %d %d %d\r\n%s\r\n" % (key, flags, exptime, len(value),
                                                             value))
-        written_at = time.monotonic()
         with harness.connect(self.server, timeout=30) as c:
             _pipeline(c, requests, b"STORED\r\n")
+            written_at = time.monotonic()  # every short TTL was set by now
             # A few deletes and a counter, which must persist too.
             deleted = list(live)[:50]
             _pipeline(c, [b"delete %s\r\n" % k for k in deleted], b"DELETED\r\n")
