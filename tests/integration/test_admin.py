@@ -66,14 +66,6 @@ class _AdminCase(harness.ServerTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.admin = cls.server.admin_port()
-        # The harness's readiness probe connects as soon as the port is bound, before the
-        # loops run; the server accepts (and counts) it later. Wait for that, so a test's
-        # "before" scrape never misses it and its connections_total delta stays exact.
-        deadline = time.monotonic() + 10.0
-        while samples(scrape(cls.admin)).get(key("petracache_connections_total"), 0) < 1:
-            if time.monotonic() >= deadline:
-                raise AssertionError("the readiness probe was never counted as a connection")
-            time.sleep(0.02)
 
     def wait_metric(self, k, want, timeout=3.0):
         """Polls /metrics until sample k equals want; returns the last samples."""
