@@ -204,6 +204,9 @@ class Server:
                         time.sleep(0.01)
             except (OSError, ConnectionClosed, ReadTimeout):
                 time.sleep(0.05)
+            except ServerError:
+                self._terminate()
+                raise
         rc = self.proc.poll()
         self._terminate()
         raise ServerError("%s accepted connections but did not answer within the start "
