@@ -189,6 +189,15 @@ const std::vector<Key>& Keys() {
     k.push_back(Count(
         "server", "disk_read_threads", "",
         [](auto& c) -> auto& { return c.server.disk_read_threads; }));
+    k.push_back(Key{"server", "disk_read_nice", "",
+                    [](std::string_view v, Config* c) {
+                      uint64_t n;
+                      if (!ParseUint(v, &n) || n > 19) return false;
+                      c->server.disk_read_nice = static_cast<int>(n);
+                      return true;
+                    },
+                    "an integer from 0 to 19",
+                    [](const Config& c) { return absl::StrCat(c.server.disk_read_nice); }});
     k.push_back(Flag(
         "server", "huge_pages", "", [](auto& c) -> auto& { return c.server.huge_pages; }));
     k.push_back(Text(
@@ -226,6 +235,9 @@ const std::vector<Key>& Keys() {
                     },
                     "an integer from 1 to 256",
                     [](const Config& c) { return absl::StrCat(c.storage.max_background_jobs); }});
+    k.push_back(Flag(
+        "storage", "low_priority_compaction", "",
+        [](auto& c) -> auto& { return c.storage.low_priority_compaction; }));
     k.push_back(Flag(
         "storage", "enable_compression", "",
         [](auto& c) -> auto& { return c.storage.enable_compression; }));

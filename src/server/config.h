@@ -32,6 +32,9 @@ struct ServerOptions {
   bool disable_flush_all = false;
   std::string user;                // when started as root, drop privileges to this user
   uint64_t disk_read_threads = 4;  // blocking pool serving reads that miss the block cache
+  // Added to the disk pool threads' nice value (0-19). They share cores with the event loops:
+  // a lower priority lets a loop answer what is in memory before a pool thread's next read.
+  int disk_read_nice = 10;
   // Back the allocator's memory (hot tier, memtables, block cache) with transparent huge
   // pages where the kernel offers them (mimalloc's large OS pages). Off by default: memory
   // is then committed eagerly and not returned, so buffer-heavy load keeps a higher RSS.

@@ -29,6 +29,7 @@
 #include "rocksdb/compaction_filter.h"
 #include "rocksdb/convenience.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/listener.h"
@@ -575,6 +576,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
   // fills histograms, clock reads and bookkeeping on the request path.
   impl->statistics->set_stats_level(rocksdb::StatsLevel::kExceptHistogramOrTimers);
 
+  if (options.low_priority_compaction) {
+    rocksdb::Status lowered = rocksdb::Env::Default()->LowerThreadPoolCPUPriority(
+        rocksdb::Env::Priority::LOW, rocksdb::CpuPriority::kLow);
+    if (!lowered.ok()) PC_LOG(kWarning, "storage: compaction priority: %s", lowered.ToString());
+  }
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;

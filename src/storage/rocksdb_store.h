@@ -40,6 +40,11 @@ class RocksDbStore final : public Store {
     int max_background_jobs = 4;
     bool enable_compression = false;
     bool enable_ttl_compaction = true;
+    // RocksDB's compaction threads run at nice 19 (Env::LowerThreadPoolCPUPriority, for the
+    // whole process: every store shares the default Env's pools). They then take the CPU
+    // the event loops and the disk pool leave; flushes keep their priority, so memtables
+    // still empty at the rate writes fill them.
+    bool low_priority_compaction = true;
     Durability durability = Durability::kWal;
     // A write that may wait (WriteOptions::no_stall unset) waits for RocksDB's write stall to
     // end at most this long, counted from when the stall began, then fails with Unavailable

@@ -379,3 +379,89 @@ class HugePagesTest(_StartupCase):
         if _thp_mode() != "madvise":
             self.skipTest("needs THP in madvise mode (with 'always' the kernel decides)")
         self.assertEqual(self.fill(huge_pages=None), 0)
+
+
+def _thread_nices(pid):
+    """{thread name: [nice value, ...]} for the threads of process `pid`."""
+    nices = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue  # the thread exited
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        # Fields after the name start at field 3 (state); nice is field 19.
+        nice = int(stat[stat.rindex(")") + 2:].split()[16])
+        nices.setdefault(name, []).append(nice)
+    return nices
+
+
+class DiskPoolPriorityTest(_StartupCase):
+    """[server] disk_read_nice: the disk pool's threads run below the event loops, by the
+    configured nice increment; everything else keeps the process's priority."""
+
+    def thread_nices(self, extra_server=None):
+        extra = {"server": {"disk_read_threads": "3"}}
+        if extra_server:
+            extra["server"].update(extra_server)
+        server = self.start(harness.make_server(threads=2, extra_config=extra))
+        return _thread_nices(server.pid)
+
+    def test_pool_runs_ten_below_the_loops_by_default(self):
+        base = os.getpriority(os.PRIO_PROCESS, 0)  # the server inherits ours
+        nices = self.thread_nices()
+        self.assertEqual(sorted(nices.get("pc-worker0", [])), [base], nices)
+        self.assertEqual(sorted(nices.get("pc-worker1", [])), [base], nices)
+        pool = [n for name, values in nices.items() if name.startswith("pc-disk")
+                for n in values]
+        self.assertEqual(pool, [min(base + 10, 19)] * 3, nices)
+
+    def test_zero_keeps_the_loops_priority(self):
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        nices = self.thread_nices({"disk_read_nice": "0"})
+        values = [n for values in nices.values() for n in values]
+        self.assertEqual(set(values), {base}, nices)
+        self.assertEqual(len([n for n in nices if n.startswith("pc-disk")]), 3, nices)
+
+    def test_out_of_range_is_refused(self):
+        path = self.write_config(self.base_config(extra_server="disk_read_nice = 20\n"))
+        self.assert_refuses(["--config", path], "disk_read_nice", "an integer from 0 to 19")
+
+
+class CompactionPriorityTest(_StartupCase):
+    """[storage] low_priority_compaction: RocksDB's compaction threads run at nice 19 (they
+    lower themselves when they pick up a job); its flush threads and the event loops keep
+    the process's priority."""
+
+    def nices_after_a_compaction(self, low):
+        """Starts a server with 1 MiB memtables, stores until RocksDB compacts (four level-0
+        files trigger it), and returns its threads' nice values once a compaction finished."""
+        extra = {"storage": {"write_buffer_size": "1MiB",
+                             "low_priority_compaction": "true" if low else "false"}}
+        server = self.start(harness.make_server(threads=1, extra_config=extra))
+        value = b"c" * 100_000
+        with harness.connect(server) as c:
+            for i in range(80):  # 8 MB: several memtables flushed into level 0
+                self.assertEqual(
+                    c.request(b"set cp%d 0 0 %d\r\n%s\r\n" % (i, len(value), value)),
+                    b"STORED\r\n")
+        log_path = os.path.join(server.db_path, "LOG")
+
+        def compacted():
+            with open(log_path, errors="replace") as f:
+                return '"event": "compaction_finished"' in f.read()
+        self.assertTrue(fu.wait_until(compacted, 15, 0.1), "no compaction in %s" % log_path)
+        return _thread_nices(server.pid)
+
+    def test_compaction_threads_run_at_nice_19(self):
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        nices = self.nices_after_a_compaction(low=True)
+        self.assertIn(19, nices.get("rocksdb:low", []), nices)  # RocksDB sets 19 itself
+        self.assertEqual(set(nices.get("rocksdb:high", [base])), {base}, nices)
+        self.assertEqual(nices.get("pc-worker0"), [base], nices)
+
+    def test_off_keeps_the_process_priority(self):
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        nices = self.nices_after_a_compaction(low=False)
+        self.assertEqual(set(nices.get("rocksdb:low", [])), {base}, nices)

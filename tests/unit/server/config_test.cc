@@ -26,6 +26,8 @@ TEST(ConfigTest, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(c->storage.block_cache_size, uint64_t{1} << 30);
   EXPECT_EQ(c->storage.durability, storage::Durability::kWal);
   EXPECT_EQ(c->item_size_max, 1024u * 1024u);
+  EXPECT_EQ(c->server.disk_read_threads, 4u);
+  EXPECT_EQ(c->server.disk_read_nice, 10);
   EXPECT_TRUE(c->metrics.enabled);
   EXPECT_EQ(c->metrics.listen_addr, "127.0.0.1:9090");
 }
@@ -63,6 +65,10 @@ TEST(ConfigTest, ErrorsNameTheKeyAndLine) {
   EXPECT_FALSE(s.ok());
   s = ApplyIni("[server]\nthis is not ini\n", "e.ini", &c);
   EXPECT_FALSE(s.ok());
+  s = ApplyIni("[server]\ndisk_read_nice = 20\n", "f.ini", &c);
+  EXPECT_NE(s.message().find("an integer from 0 to 19"), std::string::npos) << s;
+  EXPECT_TRUE(ApplyIni("[server]\ndisk_read_nice = 19\n", "g.ini", &c).ok());
+  EXPECT_EQ(c.server.disk_read_nice, 19);
 }
 
 TEST(ConfigTest, EnvironmentBeatsTheFile) {
