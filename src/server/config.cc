@@ -239,6 +239,9 @@ const std::vector<Key>& Keys() {
         "storage", "low_priority_compaction", "",
         [](auto& c) -> auto& { return c.storage.low_priority_compaction; }));
     k.push_back(Flag(
+        "storage", "hashed_memtable", "",
+        [](auto& c) -> auto& { return c.storage.hashed_memtable; }));
+    k.push_back(Flag(
         "storage", "enable_compression", "",
         [](auto& c) -> auto& { return c.storage.enable_compression; }));
     k.push_back(Flag(

@@ -40,6 +40,7 @@
 #include "rocksdb/utilities/checkpoint.h"
 #include "rocksdb/write_batch.h"
 #include "storage/flush_state_cell.h"
+#include "storage/rocksdb_memtable.h"
 
 namespace petracache::storage {
 namespace {
@@ -607,6 +608,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
   items_options.target_file_size_base = options.target_file_size_base;
   items_options.memtable_prefix_bloom_size_ratio = kMemtableBloomRatio;
   items_options.memtable_whole_key_filtering = true;
+  if (options.hashed_memtable) {
+    // About one bucket per 256 bytes of memtable: chains of one or two entries for values
+    // of ~100 bytes, and buckets cost 1/32 of the memtable's size.
+    items_options.memtable_factory = NewHashedMemTableFactory(options.write_buffer_size / 256);
+  }
   items_options.compression = ChooseCompression(options.enable_compression);
   // Keep filters on the last level too: a cache sees many misses, and they reach the bottom.
   items_options.optimize_filters_for_hits = false;

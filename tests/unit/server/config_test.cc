@@ -28,6 +28,7 @@ TEST(ConfigTest, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(c->item_size_max, 1024u * 1024u);
   EXPECT_EQ(c->server.disk_read_threads, 4u);
   EXPECT_EQ(c->server.disk_read_nice, 10);
+  EXPECT_TRUE(c->storage.hashed_memtable);
   EXPECT_TRUE(c->metrics.enabled);
   EXPECT_EQ(c->metrics.listen_addr, "127.0.0.1:9090");
 }
@@ -36,7 +37,8 @@ TEST(ConfigTest, IniMapsOntoOptions) {
   Config c;
   ASSERT_TRUE(ApplyIni("[server]\nlisten_addr = [::1]:12000\nthreads = 3\nio_backend = epoll\n"
                        "[storage]\ndb_path = /tmp/x\nblock_cache_size = 64MiB\n"
-                       "durability = sync\nitem_size_max = 2m\n[metrics]\nenabled = no\n",
+                       "durability = sync\nitem_size_max = 2m\nhashed_memtable = false\n"
+                       "[metrics]\nenabled = no\n",
                        "test.ini", &c)
                   .ok());
   EXPECT_EQ(c.server.listen_addr, "[::1]:12000");
@@ -46,6 +48,7 @@ TEST(ConfigTest, IniMapsOntoOptions) {
   EXPECT_EQ(c.storage.block_cache_size, 64u << 20);
   EXPECT_EQ(c.storage.durability, storage::Durability::kSync);
   EXPECT_EQ(c.item_size_max, 2u << 20);
+  EXPECT_FALSE(c.storage.hashed_memtable);
   EXPECT_FALSE(c.metrics.enabled);
   EXPECT_EQ(Setting(c, "storage.durability"), "sync");
 }
