@@ -222,6 +222,12 @@ TEST_F(HashedMemTableTest, PrefixModeIteratorsUseTheChains) {
 }
 
 TEST_F(HashedMemTableTest, ConcurrentWritersAndReaders) {
+#ifdef __SANITIZE_THREAD__
+  // A RocksDB write group's leader copies the other writers' batches; the hand-over uses
+  // RocksDB's own atomics, which TSan cannot see in Debian's uninstrumented library, and the
+  // report's stack ends before any RocksDB frame a suppression could name.
+  GTEST_SKIP() << "concurrent RocksDB writers under ThreadSanitizer";
+#endif
   rocksdb::Options options = MakeOptions();
   options.allow_concurrent_memtable_write = true;  // the default, said explicitly
   options.enable_write_thread_adaptive_yield = true;
