@@ -1,4 +1,4 @@
-// SystemClock reads CLOCK_REALTIME.
+// SystemClock reads CLOCK_REALTIME_COARSE.
 #include "common/clock.h"
 
 #include <ctime>
@@ -7,7 +7,9 @@ namespace petracache {
 
 int64_t SystemClock::Now() const {
   timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
+  // Seconds are all a caller needs: the coarse clock reads the last tick's time without
+  // touching the TSC (a few ns instead of ~25 per request).
+  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
   return ts.tv_sec;
 }
 
