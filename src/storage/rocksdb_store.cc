@@ -606,12 +606,15 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
   items_options.write_buffer_size = options.write_buffer_size;
   items_options.max_write_buffer_number = options.max_write_buffer_number;
   items_options.target_file_size_base = options.target_file_size_base;
-  items_options.memtable_prefix_bloom_size_ratio = kMemtableBloomRatio;
-  items_options.memtable_whole_key_filtering = true;
   if (options.hashed_memtable) {
     // About one bucket per 256 bytes of memtable: chains of one or two entries for values
-    // of ~100 bytes, and buckets cost 1/32 of the memtable's size.
+    // of ~100 bytes, and buckets cost 1/32 of the memtable's size. No memtable bloom: a
+    // lookup of an absent key reads a bucket and a short chain, which is what probing the
+    // bloom would cost, and every insert would pay for the bloom too.
     items_options.memtable_factory = NewHashedMemTableFactory(options.write_buffer_size / 256);
+  } else {
+    items_options.memtable_prefix_bloom_size_ratio = kMemtableBloomRatio;
+    items_options.memtable_whole_key_filtering = true;
   }
   items_options.compression = ChooseCompression(options.enable_compression);
   // Keep filters on the last level too: a cache sees many misses, and they reach the bottom.
