@@ -14,8 +14,8 @@
 #include <mutex>
 #include <new>
 #include <optional>
-#include <utility>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/hash/hash.h"
@@ -83,7 +83,7 @@ LookupKeyView ViewOf(const rocksdb::LookupKey& k) {
     length |= static_cast<uint32_t>(byte & 0x7f) << shift;
     if (byte < 0x80) break;
   }
-  if (p == nullptr || reinterpret_cast<const char*>(p) != view.kstart ||
+  if (view.start == nullptr || reinterpret_cast<const char*>(p) != view.kstart ||
       view.end - view.kstart != static_cast<ptrdiff_t>(length) || length < kSequenceAndType) {
     std::fprintf(stderr,
                  "petracache: this RocksDB's LookupKey layout is not the one the hashed "
@@ -95,8 +95,6 @@ LookupKeyView ViewOf(const rocksdb::LookupKey& k) {
 
 // A sorted snapshot of a memtable's entries.
 using Sorted = std::vector<const char*>;
-
-class HashedRep;
 
 // Iterates a sorted snapshot.
 class SortedIterator final : public MemTableRep::Iterator {
