@@ -115,6 +115,7 @@ TEST(RocksDbOptionsTest, DefaultsMatchTheDocumentedConfig) {
   EXPECT_TRUE(options.enable_ttl_compaction);
   EXPECT_EQ(options.durability, Durability::kWal);
   EXPECT_EQ(options.write_stall_timeout_ms, 500u);
+  EXPECT_TRUE(options.hashed_memtable);
 }
 
 TEST_F(RocksDbStoreTest, ReopenFindsEveryItem) {
@@ -147,6 +148,43 @@ TEST_F(RocksDbStoreTest, ReopenFindsEveryItem) {
     EXPECT_EQ(value, "value:" + key.substr(4));
   }
   EXPECT_EQ(Records(), written.size());
+}
+
+TEST_F(RocksDbStoreTest, EitherMemtableReadsWhatTheOtherWrote) {
+  // The memtable is never persisted as such: the WAL replays into whichever is configured.
+  RocksDbStore::Options hashed = DefaultOptions();
+  RocksDbStore::Options skiplist = DefaultOptions();
+  skiplist.hashed_memtable = false;
+  std::map<std::string, std::string> written;
+  auto write = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      const std::string key = "key:" + std::to_string(i % 700);  // overwrites too
+      const std::string value = "v" + std::to_string(i);
+      PC_ASSERT_OK(store_->Put(key, ItemHeader{.cas = Cas()}, value));
+      written[key] = value;
+    }
+  };
+  auto check = [&] {
+    for (const auto& [key, want] : written) {
+      std::string value;
+      ASSERT_EQ(Lookup(key, nullptr, &value), LookupStatus::kFound) << key;
+      EXPECT_EQ(value, want) << key;
+    }
+    EXPECT_EQ(Records(), written.size());
+  };
+  Reopen(hashed);
+  write(0, 1000);
+  PC_ASSERT_OK(store_->Delete("key:3"));
+  written.erase("key:3");
+  check();
+  Reopen(skiplist);
+  check();
+  write(1000, 1500);
+  Reopen(hashed);
+  check();
+  PC_ASSERT_OK(store_->Flush());
+  Reopen(skiplist);
+  check();
 }
 
 TEST_F(RocksDbStoreTest, CheckpointIsAConsistentOpenableCopy) {
