@@ -60,6 +60,8 @@ constexpr uint64_t kPeriodicCompactionSeconds = 24 * 60 * 60;
 
 // Fraction of write_buffer_size spent on the memtable whole-key bloom filter.
 constexpr double kMemtableBloomRatio = 0.02;
+// A thread's reused WriteBatch is replaced rather than cleared once it has held more than this.
+constexpr size_t kMaxReusedBatchBytes = 64 << 10;
 constexpr int kBloomBitsPerKey = 10;
 
 void PutFixed64(uint64_t v, std::string* out) {
@@ -762,7 +764,14 @@ absl::Status RocksDbStore::Put(std::string_view key, const ItemHeader& header,
   EncodeRecordHeader(header, head);
   const rocksdb::Slice key_part = ToSlice(key);
   const rocksdb::Slice value_parts[2] = {rocksdb::Slice(head, kRecordHeaderSize), ToSlice(value)};
-  rocksdb::WriteBatch batch(/*reserved_bytes=*/key.size() + kRecordHeaderSize + value.size() + 32);
+  // One batch per thread, cleared for each write: its buffer is reused instead of allocated
+  // per set (a batch that held a large item gives its memory back).
+  thread_local rocksdb::WriteBatch batch;
+  if (batch.GetDataSize() > kMaxReusedBatchBytes) {
+    batch = rocksdb::WriteBatch();
+  } else {
+    batch.Clear();
+  }
   rocksdb::Status added = batch.Put(impl_->items_cf, rocksdb::SliceParts(&key_part, 1),
                                     rocksdb::SliceParts(value_parts, 2));
   if (!added.ok()) return FromRocks(added, "writing an item");
