@@ -93,6 +93,13 @@ LookupKeyView ViewOf(const rocksdb::LookupKey& k) {
   return view;
 }
 
+// Compares a memtable entry with a seek target, given as a memtable key when RocksDB has one
+// at hand, else as an internal key.
+int CompareToTarget(const MemTableRep::KeyComparator& cmp, const char* entry,
+                    const Slice& internal_key, const char* memtable_key) {
+  return memtable_key != nullptr ? cmp(entry, memtable_key) : cmp(entry, internal_key);
+}
+
 // A sorted snapshot of a memtable's entries.
 using Sorted = std::vector<const char*>;
 
@@ -115,13 +122,13 @@ class SortedIterator final : public MemTableRep::Iterator {
   void Prev() override { pos_ = pos_ == 0 ? sorted_->size() : pos_ - 1; }
   void Seek(const Slice& internal_key, const char* memtable_key) override {
     auto it = std::partition_point(sorted_->begin(), sorted_->end(), [&](const char* e) {
-      return Compare(e, internal_key, memtable_key) < 0;
+      return CompareToTarget(cmp_, e, internal_key, memtable_key) < 0;
     });
     pos_ = static_cast<size_t>(it - sorted_->begin());
   }
   void SeekForPrev(const Slice& internal_key, const char* memtable_key) override {
     auto it = std::partition_point(sorted_->begin(), sorted_->end(), [&](const char* e) {
-      return Compare(e, internal_key, memtable_key) <= 0;
+      return CompareToTarget(cmp_, e, internal_key, memtable_key) <= 0;
     });
     const size_t after = static_cast<size_t>(it - sorted_->begin());
     pos_ = after == 0 ? sorted_->size() : after - 1;
@@ -130,10 +137,6 @@ class SortedIterator final : public MemTableRep::Iterator {
   void SeekToLast() override { pos_ = sorted_->empty() ? 0 : sorted_->size() - 1; }
 
  private:
-  int Compare(const char* entry, const Slice& internal_key, const char* memtable_key) const {
-    return memtable_key != nullptr ? cmp_(entry, memtable_key) : cmp_(entry, internal_key);
-  }
-
   const MemTableRep::KeyComparator& cmp_;
   std::shared_ptr<const Sorted> sorted_;
   size_t pos_;
@@ -341,8 +344,7 @@ class ChainIterator final : public MemTableRep::Iterator {
 
  private:
   int Compare(const Node* n, const Slice& internal_key, const char* memtable_key) const {
-    return memtable_key != nullptr ? rep_->comparator()(n->entry(), memtable_key)
-                                   : rep_->comparator()(n->entry(), internal_key);
+    return CompareToTarget(rep_->comparator(), n->entry(), internal_key, memtable_key);
   }
   void Whole() {
     if (!sorted_) sorted_.emplace(rep_->comparator(), rep_->SortedEntries());
