@@ -167,7 +167,7 @@ std::string RenderMetrics(const engine::EngineTotals& t, const engine::ServerSta
     std::string type = "gauge";
     if (name == "block_cache_hits" || name == "block_cache_misses" ||
         name == "bloom_filter_useful" || name == "wal_syncs" || name == "background_errors" ||
-        name == "group_commits" || name == "stall_rejections") {
+        name == "group_commits" || name == "stall_rejections" || name == "inplace_updates") {
       metric += "_total";
       type = "counter";
     } else if (name == "stall_micros") {

@@ -242,6 +242,9 @@ const std::vector<Key>& Keys() {
         "storage", "hashed_memtable", "",
         [](auto& c) -> auto& { return c.storage.hashed_memtable; }));
     k.push_back(Flag(
+        "storage", "inplace_update", "",
+        [](auto& c) -> auto& { return c.storage.inplace_update; }));
+    k.push_back(Flag(
         "storage", "enable_compression", "",
         [](auto& c) -> auto& { return c.storage.enable_compression; }));
     k.push_back(Flag(

@@ -618,6 +618,16 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
     items_options.memtable_prefix_bloom_size_ratio = kMemtableBloomRatio;
     items_options.memtable_whole_key_filtering = true;
   }
+  if (options.inplace_update) {
+    items_options.inplace_update_support = true;
+    db_options.allow_concurrent_memtable_write = false;  // required by RocksDB with it
+  }
+  // The WAL files kept for unflushed memtables. RocksDB's default allows four times all
+  // memtables; overwrites in place fill no memtable, so bound it at what the memtables could
+  // hold: past it RocksDB flushes the memtables the oldest WAL file backs (restart replays
+  // at most this much).
+  db_options.max_total_wal_size =
+      options.write_buffer_size * static_cast<uint64_t>(options.max_write_buffer_number);
   items_options.compression = ChooseCompression(options.enable_compression);
   // Keep filters on the last level too: a cache sees many misses, and they reach the bottom.
   items_options.optimize_filters_for_hits = false;
@@ -919,6 +929,7 @@ std::vector<std::pair<std::string, uint64_t>> RocksDbStore::Properties() const {
       {"wal_syncs", ticker(rocksdb::WAL_FILE_SYNCED)},
       {"group_commits", impl_->group_commits.load(std::memory_order_relaxed)},
       {"stall_rejections", impl_->stall_rejections.load(std::memory_order_relaxed)},
+      {"inplace_updates", ticker(rocksdb::NUMBER_KEYS_UPDATED)},
   };
 }
 

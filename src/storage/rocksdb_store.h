@@ -49,6 +49,13 @@ class RocksDbStore final : public Store {
     // skiplist: an insert or point read then costs two or three cache misses instead of one
     // per skiplist level; a flush sorts the memtable's entries once.
     bool hashed_memtable = true;
+    // A set whose key's newest version is a value in the mutable memtable, at least as long as
+    // the new one, overwrites it there (RocksDB's inplace_update_support) instead of adding
+    // an entry: a cache's overwrites of hot keys then stop filling memtables, and flushes
+    // with them. The WAL still records every write. RocksDB then inserts one writer's batch
+    // at a time (no concurrent memtable writes) and gives up point-in-time iteration, which
+    // PetraCache does not use.
+    bool inplace_update = true;
     Durability durability = Durability::kWal;
     // A write that may wait (WriteOptions::no_stall unset) waits for RocksDB's write stall to
     // end at most this long, counted from when the stall began, then fails with Unavailable

@@ -29,6 +29,7 @@ TEST(ConfigTest, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(c->server.disk_read_threads, 4u);
   EXPECT_EQ(c->server.disk_read_nice, 10);
   EXPECT_TRUE(c->storage.hashed_memtable);
+  EXPECT_TRUE(c->storage.inplace_update);
   EXPECT_TRUE(c->metrics.enabled);
   EXPECT_EQ(c->metrics.listen_addr, "127.0.0.1:9090");
 }

@@ -116,6 +116,55 @@ TEST(RocksDbOptionsTest, DefaultsMatchTheDocumentedConfig) {
   EXPECT_EQ(options.durability, Durability::kWal);
   EXPECT_EQ(options.write_stall_timeout_ms, 500u);
   EXPECT_TRUE(options.hashed_memtable);
+  EXPECT_TRUE(options.inplace_update);
+}
+
+TEST_F(RocksDbStoreTest, OverwritesInPlaceReadBackExactly) {
+  for (bool inplace : {true, false}) {
+    SCOPED_TRACE(inplace ? "inplace_update" : "no inplace_update");
+    RocksDbStore::Options options = DefaultOptions();
+    options.inplace_update = inplace;
+    options.db_path = dir_.path() + (inplace ? "/inplace" : "/appended");
+    Reopen(options);
+    struct Step {
+      std::string value;
+      uint32_t flags;
+      bool fits;  // no longer than the newest value in the memtable
+    };
+    // Shorter, equal, longer (a new entry), then shorter than that one again.
+    const std::vector<Step> steps = {{"0123456789", 1, false}, {"abcde", 2, true},
+                                     {"vwxyz", 3, true},       {std::string(300, 'L'), 4, false},
+                                     {"s", 5, true},           {"", 6, true}};
+    uint64_t expect_in_place = 0;
+    ItemHeader last;
+    for (const Step& step : steps) {
+      last = ItemHeader{.flags = step.flags, .exptime = 0, .cas = Cas(), .write_time = 7};
+      PC_ASSERT_OK(store_->Put("k", last, step.value));
+      if (inplace && step.fits) ++expect_in_place;
+      ItemHeader h;
+      std::string v;
+      ASSERT_EQ(Lookup("k", &h, &v), LookupStatus::kFound);
+      EXPECT_EQ(v, step.value);
+      EXPECT_EQ(h.flags, step.flags);
+      EXPECT_EQ(h.cas, last.cas);
+      EXPECT_EQ(Property("inplace_updates"), expect_in_place);
+    }
+    // A delete is never overwritten in place: the set after it adds an entry.
+    PC_ASSERT_OK(store_->Delete("k"));
+    EXPECT_EQ(Lookup("k"), LookupStatus::kNotFound);
+    PC_ASSERT_OK(store_->Put("k", last, "back"));
+    EXPECT_EQ(Property("inplace_updates"), expect_in_place);
+    for (int round = 0; round < 2; ++round) {  // after WAL replay, then from an SST
+      Reopen(options);
+      ItemHeader h;
+      std::string v;
+      ASSERT_EQ(Lookup("k", &h, &v), LookupStatus::kFound);
+      EXPECT_EQ(v, "back");
+      EXPECT_EQ(h.cas, last.cas);
+      EXPECT_EQ(Records(), 1u);
+      PC_ASSERT_OK(store_->Flush());
+    }
+  }
 }
 
 TEST_F(RocksDbStoreTest, ReopenFindsEveryItem) {
@@ -625,7 +674,7 @@ TEST_F(RocksDbStoreTest, PropertiesReportHealthValues) {
        {"block_cache_usage", "block_cache_capacity", "block_cache_hits", "block_cache_misses",
         "memtable_bytes", "estimate_num_keys", "live_sst_bytes", "pending_compaction_bytes",
         "stall_micros", "background_errors", "wal_syncs", "group_commits",
-        "stall_rejections"}) {
+        "stall_rejections", "inplace_updates"}) {
     EXPECT_TRUE(props.contains(name)) << name;
   }
   EXPECT_EQ(props["block_cache_capacity"], 8u << 20);
