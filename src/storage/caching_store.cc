@@ -1,6 +1,6 @@
-// CachingStore: 64 shards, each a second-chance (CLOCK-like) list plus a flat hash index
-// under one mutex. An entry is one allocation: list links, header, key and value together, so
-// a hit touches one index slot and one contiguous block.
+// CachingStore: 64 shards, each a second-chance (CLOCK-like) list plus an open-addressing
+// index (key_index.h) under one mutex. An entry is one allocation: list links, header, key
+// and value together, so a hit touches one index slot and one contiguous block.
 #include "storage/caching_store.h"
 
 #include <functional>
@@ -8,20 +8,14 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
+#include "storage/key_index.h"
 
 namespace petracache::storage {
 namespace {
 
-// Debian's Abseil has its own string_view type, so hash std::string_view with the standard
-// hasher.
-struct KeyHash {
-  size_t operator()(std::string_view key) const { return std::hash<std::string_view>{}(key); }
-};
-
-// Index cost per entry beyond the entry itself: a slot (key view + pointer) and its control
-// byte, at the table's lowest load.
-constexpr uint64_t kIndexOverhead = 2 * (sizeof(std::string_view) + sizeof(void*) + 1);
+// Index cost per entry beyond the entry itself: its slots at the index's lowest load
+// (KeyIndex::kBytesPerObject, checked below).
+constexpr uint64_t kIndexOverhead = 64;
 
 }  // namespace
 
@@ -73,7 +67,8 @@ struct CachingStore::Shard {
   // list. `ring` is the sentinel of a circular doubly linked list.
   std::mutex mu;
   Entry ring{&ring, &ring, {}, 0, 0, false};
-  absl::flat_hash_map<std::string_view, Entry*, KeyHash> index;  // views into entry keys
+  KeyIndex<Entry> index;
+  static_assert(KeyIndex<Entry>::kBytesPerObject == kIndexOverhead);
   uint64_t bytes = 0;
   uint64_t write_seq = 0;  // bumped by every mutation of a key in this shard
   uint64_t hits = 0;
@@ -102,16 +97,12 @@ struct CachingStore::Shard {
     Entry::Destroy(e);
   }
 
-  void Erase(std::string_view key) {
-    auto it = index.find(key);
-    if (it == index.end()) return;
-    Entry* e = it->second;
-    index.erase(it);
-    Remove(e);
+  void Erase(std::string_view key, size_t hash) {
+    if (Entry* e = index.Erase(key, hash)) Remove(e);
   }
 
   void Clear() {
-    index.clear();
+    index.Clear();
     Entry* e = ring.next;
     while (e != &ring) {
       Entry* next = e->next;
@@ -141,27 +132,25 @@ struct CachingStore::Shard {
   void Upsert(std::string_view key, size_t hash, const ItemHeader& header,
               std::string_view value, uint64_t capacity) {
     const uint64_t cost = Entry::CostOf(key.size(), value.size());
-    auto it = index.find(key);
-    const bool held = it != index.end();
-    if (held && it->second->value_size == value.size()) {
+    Entry* e = index.Find(key, hash);
+    const bool held = e != nullptr;
+    if (held && e->value_size == value.size()) {
       // Same size (the common overwrite): rewrite in place, no allocation, no index change.
       // The write counts as a use, as a read does.
-      Entry* e = it->second;
       e->header = header;
       value.copy(const_cast<char*>(e->value().data()), value.size());
       e->referenced = true;
       return;
     }
     if (held) {
-      Entry* old = it->second;
-      index.erase(it);
-      Remove(old);
+      index.Erase(key, hash);
+      Remove(e);
     }
     if (cost > capacity / 4) return;  // a few huge values must not flush the whole shard
     if (!held && !Admit(hash, cost, capacity)) return;
-    Entry* e = Entry::Create(key, header, value);
+    e = Entry::Create(key, header, value);
     LinkFront(e);
-    index.emplace(e->key(), e);
+    index.Insert(e, hash);
     bytes += cost;
     while (bytes > capacity && ring.prev != &ring) {
       Entry* victim = ring.prev;
@@ -171,7 +160,7 @@ struct CachingStore::Shard {
         LinkFront(victim);
         continue;
       }
-      index.erase(victim->key());
+      index.Erase(victim->key(), Hash(victim->key()));
       Remove(victim);
       ++evictions;
     }
@@ -213,9 +202,7 @@ absl::StatusOr<LookupStatus> CachingStore::Visit(std::string_view key, const Rea
   uint64_t seq;
   {
     std::lock_guard lock(shard.mu);
-    auto it = shard.index.find(key);
-    if (it != shard.index.end()) {
-      Shard::Entry* entry = it->second;
+    if (Shard::Entry* entry = shard.index.Find(key, hash)) {
       entry->referenced = true;
       ++shard.hits;
       const int64_t now = clock_->Now();
@@ -247,17 +234,18 @@ absl::Status CachingStore::Put(std::string_view key, const ItemHeader& header,
   if (s.ok()) {
     shard.Upsert(key, hash, header, value, shard_capacity_);
   } else {
-    shard.Erase(key);  // the inner store's state is unknown: read it next time
+    shard.Erase(key, hash);  // the inner store's state is unknown: read it next time
   }
   return s;
 }
 
 absl::Status CachingStore::Delete(std::string_view key, const WriteOptions& options) {
   absl::Status s = inner_->Delete(key, options);
-  Shard& shard = ShardFor(Hash(key));
+  const size_t hash = Hash(key);
+  Shard& shard = ShardFor(hash);
   std::lock_guard lock(shard.mu);
   ++shard.write_seq;
-  shard.Erase(key);
+  shard.Erase(key, hash);
   return s;
 }
 
