@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <mutex>
 #include <optional>
@@ -419,6 +421,98 @@ absl::Status CheckNotBehindRecord(const std::string& dir, const rocksdb::DBOptio
       kLiveFilesName, " in that directory to start with what the MANIFEST still describes"));
 }
 
+// RocksDB statistics reduced to the tickers Properties() reports. RocksDB's own
+// (CreateDBStatistics) counts all of its ~200 tickers in per-core arrays, each count a CPU
+// lookup and an atomic add, and a set alone records about ten. Here any other ticker is
+// dropped after one table lookup, and the kept ones are counted in a few cache-line stripes,
+// one per thread (by turns), summed when read.
+class ReportedTickers final : public rocksdb::Statistics {
+ public:
+  ReportedTickers() {
+    slot_.fill(-1);
+    for (size_t i = 0; i < std::size(kKept); ++i) slot_[kKept[i]] = static_cast<int8_t>(i);
+    // No timers or histograms: RocksDB then skips the clock reads around Get and Write.
+    set_stats_level(rocksdb::StatsLevel::kExceptHistogramOrTimers);
+  }
+
+  const char* Name() const override { return "PetraCacheReportedTickers"; }
+
+  void recordTick(uint32_t ticker, uint64_t count = 0) override {
+    const int slot = SlotOf(ticker);
+    if (slot < 0) return;
+    stripes_[ThreadStripe()].counts[slot].fetch_add(count, std::memory_order_relaxed);
+  }
+  uint64_t getTickerCount(uint32_t ticker) const override {
+    const int slot = SlotOf(ticker);
+    uint64_t sum = 0;
+    if (slot < 0) return sum;
+    for (const Stripe& stripe : stripes_) {
+      sum += stripe.counts[slot].load(std::memory_order_relaxed);
+    }
+    return sum;
+  }
+  void setTickerCount(uint32_t ticker, uint64_t count) override {
+    const int slot = SlotOf(ticker);
+    if (slot < 0) return;
+    for (size_t i = 0; i < kStripes; ++i) {
+      stripes_[i].counts[slot].store(i == 0 ? count : 0, std::memory_order_relaxed);
+    }
+  }
+  uint64_t getAndResetTickerCount(uint32_t ticker) override {
+    const int slot = SlotOf(ticker);
+    uint64_t sum = 0;
+    if (slot < 0) return sum;
+    for (Stripe& stripe : stripes_) {
+      sum += stripe.counts[slot].exchange(0, std::memory_order_relaxed);
+    }
+    return sum;
+  }
+  void histogramData(uint32_t /*type*/, rocksdb::HistogramData* data) const override {
+    *data = rocksdb::HistogramData();
+  }
+  void recordInHistogram(uint32_t /*type*/, uint64_t /*value*/) override {}
+  bool HistEnabledForType(uint32_t /*type*/) const override { return false; }
+  rocksdb::Status Reset() override {
+    for (Stripe& stripe : stripes_) {
+      for (auto& count : stripe.counts) count.store(0, std::memory_order_relaxed);
+    }
+    return rocksdb::Status::OK();
+  }
+  // For RocksDB's periodic LOG dump and stats history.
+  bool getTickerMap(std::map<std::string, uint64_t>* out) const override {
+    for (const auto& [ticker, name] : rocksdb::TickersNameMap) {
+      if (SlotOf(ticker) >= 0) (*out)[name] = getTickerCount(ticker);
+    }
+    return true;
+  }
+  std::string ToString() const override {
+    std::map<std::string, uint64_t> tickers;
+    getTickerMap(&tickers);
+    std::string out;
+    for (const auto& [name, count] : tickers) absl::StrAppend(&out, name, " COUNT : ", count, "\n");
+    return out;
+  }
+
+ private:
+  static constexpr uint32_t kKept[] = {rocksdb::BLOCK_CACHE_HIT,     rocksdb::BLOCK_CACHE_MISS,
+                                       rocksdb::BLOOM_FILTER_USEFUL, rocksdb::STALL_MICROS,
+                                       rocksdb::WAL_FILE_SYNCED,     rocksdb::NUMBER_KEYS_UPDATED};
+  static constexpr size_t kStripes = 8;
+  struct alignas(64) Stripe {
+    std::array<std::atomic<uint64_t>, std::size(kKept)> counts{};
+  };
+
+  int SlotOf(uint32_t ticker) const { return ticker < slot_.size() ? slot_[ticker] : -1; }
+  static size_t ThreadStripe() {
+    static std::atomic<size_t> next{0};
+    thread_local const size_t stripe = next.fetch_add(1, std::memory_order_relaxed) % kStripes;
+    return stripe;
+  }
+
+  std::array<int8_t, rocksdb::TICKER_ENUM_MAX> slot_;
+  std::array<Stripe, kStripes> stripes_;
+};
+
 }  // namespace
 
 bool ParseDurability(std::string_view text, Durability* out) {
@@ -574,10 +668,7 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
   if (impl->options.clock == nullptr) impl->options.clock = SystemClock::Get();
   impl->liveness = std::make_shared<Liveness>(impl->options.clock);
   impl->block_cache = rocksdb::NewLRUCache(options.block_cache_size);
-  impl->statistics = rocksdb::CreateDBStatistics();
-  // Only tickers are read (GetStats); the default level also times every Get and Write and
-  // fills histograms, clock reads and bookkeeping on the request path.
-  impl->statistics->set_stats_level(rocksdb::StatsLevel::kExceptHistogramOrTimers);
+  impl->statistics = std::make_shared<ReportedTickers>();
 
   if (options.low_priority_compaction) {
     rocksdb::Status lowered = rocksdb::Env::Default()->LowerThreadPoolCPUPriority(

@@ -684,5 +684,41 @@ TEST_F(RocksDbStoreTest, PropertiesReportHealthValues) {
   EXPECT_EQ(props["background_errors"], 0u);
 }
 
+TEST_F(RocksDbStoreTest, TickersCountWhatPropertiesReport) {
+  // RocksDB's statistics are reduced to the reported tickers (ReportedTickers): each must
+  // still count.
+  RocksDbStore::Options options = DefaultOptions();
+  options.durability = Durability::kSync;
+  Reopen(options);
+  PC_ASSERT_OK(store_->Put("k", Header(), "v"));
+  PC_ASSERT_OK(store_->Commit(store_->CommitMark()));
+  EXPECT_GE(Property("wal_syncs"), 1u);
+  PC_ASSERT_OK(store_->Put("k", Header(), "w"));  // same length: in place
+  EXPECT_EQ(Property("inplace_updates"), 1u);
+  PC_ASSERT_OK(store_->Flush());
+  const uint64_t misses = Property("block_cache_misses");
+  EXPECT_EQ(Lookup("k"), LookupStatus::kFound);
+  EXPECT_GT(Property("block_cache_misses"), misses);
+  const uint64_t hits = Property("block_cache_hits");
+  EXPECT_EQ(Lookup("k"), LookupStatus::kFound);
+  EXPECT_GT(Property("block_cache_hits"), hits);
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(Lookup("absent" + std::to_string(i)), LookupStatus::kNotFound);
+  }
+  EXPECT_GT(Property("bloom_filter_useful"), 0u);
+  // Counts from other threads add up.
+  const uint64_t before = Property("block_cache_hits");
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        EXPECT_EQ(Lookup("k"), LookupStatus::kFound) << t;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_GE(Property("block_cache_hits"), before + 200);
+}
+
 }  // namespace
 }  // namespace petracache::storage
