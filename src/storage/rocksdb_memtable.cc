@@ -152,6 +152,11 @@ class HashedRep final : public MemTableRep {
     for (size_t i = 0; i < bucket_count; ++i) buckets_[i].store(nullptr, std::memory_order_relaxed);
   }
 
+  static size_t Hash(std::string_view user_key) {
+    return absl::Hash<std::string_view>{}(user_key);
+  }
+  const void* Buckets() const { return buckets_.get(); }
+
   KeyHandle Allocate(const size_t len, char** buf) override {
     char* raw = nullptr;
     const size_t size = sizeof(Node) + alignof(Node) - 1 + len;
@@ -211,7 +216,7 @@ class HashedRep final : public MemTableRep {
   const KeyComparator& comparator() const { return cmp_; }
 
   std::atomic<Node*>& Head(const Slice& internal_key) const {
-    return buckets_[absl::Hash<std::string_view>{}(UserKeyOf(internal_key)) & mask_];
+    return buckets_[Hash(UserKeyOf(internal_key)) & mask_];
   }
 
   // A snapshot of the entries in order. Once the memtable is read-only (waiting for or in
@@ -371,19 +376,37 @@ class HashedFactory final : public rocksdb::MemTableRepFactory {
   MemTableRep* CreateMemTableRep(const MemTableRep::KeyComparator& cmp,
                                  rocksdb::Allocator* allocator, const rocksdb::SliceTransform*,
                                  rocksdb::Logger*) override {
-    return new HashedRep(cmp, allocator, bucket_count_);
+    auto* rep = new HashedRep(cmp, allocator, bucket_count_);
+    newest_buckets_.store(rep->Buckets(), std::memory_order_relaxed);
+    return rep;
   }
   const char* Name() const override { return "PetraCacheHashedMemTable"; }
   bool IsInsertConcurrentlySupported() const override { return true; }
 
+  void Prefetch(std::string_view user_key) const {
+    const void* buckets = newest_buckets_.load(std::memory_order_relaxed);
+    if (buckets == nullptr) return;
+    // Address arithmetic only: the array may belong to a memtable already freed.
+    const uintptr_t slot = reinterpret_cast<uintptr_t>(buckets) +
+                           (HashedRep::Hash(user_key) & (bucket_count_ - 1)) *
+                               sizeof(std::atomic<Node*>);
+    __builtin_prefetch(reinterpret_cast<const void*>(slot));
+  }
+
  private:
   const size_t bucket_count_;
+  // The bucket array of the memtable created last: RocksDB's mutable memtable.
+  std::atomic<const void*> newest_buckets_{nullptr};
 };
 
 }  // namespace
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableFactory(size_t bucket_count) {
   return std::make_shared<HashedFactory>(std::bit_ceil(std::max(bucket_count, kMinBuckets)));
+}
+
+void PrefetchBucket(const rocksdb::MemTableRepFactory& factory, std::string_view user_key) {
+  static_cast<const HashedFactory&>(factory).Prefetch(user_key);
 }
 
 }  // namespace petracache::storage

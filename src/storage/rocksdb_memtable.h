@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string_view>
 
 namespace rocksdb {
 class MemTableRepFactory;
@@ -22,5 +23,11 @@ namespace petracache::storage {
 // number fixed before the iterator exists; tailing iterators are not supported). Concurrent
 // inserts are supported (allow_concurrent_memtable_write). Requires the bytewise comparator.
 std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableFactory(size_t bucket_count);
+
+// Asks the CPU to fetch the bucket `user_key` hashes to in the newest memtable `factory`
+// made (the mutable one), so that a write about to insert the key finds it in cache. Only a
+// hint: it reads no memory (a memtable freed meanwhile costs nothing). `factory` must come
+// from NewHashedMemTableFactory.
+void PrefetchBucket(const rocksdb::MemTableRepFactory& factory, std::string_view user_key);
 
 }  // namespace petracache::storage

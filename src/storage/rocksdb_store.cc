@@ -545,6 +545,7 @@ struct RocksDbStore::Impl {
   std::shared_ptr<Liveness> liveness;
   std::shared_ptr<rocksdb::Cache> block_cache;
   std::shared_ptr<rocksdb::Statistics> statistics;
+  std::shared_ptr<rocksdb::MemTableRepFactory> hashed_memtables;  // null with the skiplist
   std::shared_ptr<LiveFileRecorder> live_files;
   std::unique_ptr<rocksdb::DB> db;
   rocksdb::ColumnFamilyHandle* items_cf = nullptr;
@@ -704,7 +705,8 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
     // of ~100 bytes, and buckets cost 1/32 of the memtable's size. No memtable bloom: a
     // lookup of an absent key reads a bucket and a short chain, which is what probing the
     // bloom would cost, and every insert would pay for the bloom too.
-    items_options.memtable_factory = NewHashedMemTableFactory(options.write_buffer_size / 256);
+    impl->hashed_memtables = NewHashedMemTableFactory(options.write_buffer_size / 256);
+    items_options.memtable_factory = impl->hashed_memtables;
   } else {
     items_options.memtable_prefix_bloom_size_ratio = kMemtableBloomRatio;
     items_options.memtable_whole_key_filtering = true;
@@ -863,6 +865,8 @@ absl::StatusOr<LookupStatus> RocksDbStore::Visit(std::string_view key, const Rea
 
 absl::Status RocksDbStore::Put(std::string_view key, const ItemHeader& header,
                                std::string_view value, const WriteOptions& options) {
+  // The memtable bucket the insert will read is fetched while RocksDB's write path runs.
+  if (impl_->hashed_memtables != nullptr) PrefetchBucket(*impl_->hashed_memtables, key);
   // The record goes into the batch in two parts, so the value is copied once (into the
   // batch), not first into an encoded record.
   char head[kRecordHeaderSize];

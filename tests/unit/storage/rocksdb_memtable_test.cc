@@ -232,6 +232,22 @@ TEST_F(HashedMemTableTest, InPlaceUpdatesMatchTheModelAfterReopenAndAfterFlush) 
   check();
 }
 
+TEST_F(HashedMemTableTest, PrefetchIsOnlyAHint) {
+  // PrefetchBucket reads no memory: before any memtable exists, on the live one, and after
+  // every memtable it made is gone (ASan would report a read of freed memory).
+  std::shared_ptr<rocksdb::MemTableRepFactory> factory = NewHashedMemTableFactory(1);
+  PrefetchBucket(*factory, "k");
+  rocksdb::Options options = MakeOptions();
+  options.memtable_factory = factory;
+  Open(options);
+  PrefetchBucket(*factory, "k");
+  ASSERT_TRUE(db_->Put(rocksdb::WriteOptions(), "k", "v").ok());
+  ASSERT_TRUE(db_->Flush(rocksdb::FlushOptions()).ok());
+  db_.reset();
+  PrefetchBucket(*factory, "k");
+  PrefetchBucket(*factory, std::string(1000, 'x'));
+}
+
 TEST_F(HashedMemTableTest, PrefixModeIteratorsUseTheChains) {
   // With a prefix extractor and prefix-mode reads, RocksDB iterates the memtable through its
   // dynamic-prefix iterator: Seek, SeekForPrev, Next and Prev within one key's chain.
