@@ -148,6 +148,7 @@ class Connection {
   bool read_armed_ = false;
   bool send_busy_ = false;
   bool recv_cancel_sent_ = false;
+  bool fixed_file_ = false;           // io_uring: registered at index slot_ of the file table
   uint32_t epoll_events_ = 0;         // epoll only: the registered event mask
   std::unique_ptr<char[]> recv_buf_;  // io_uring kBasic only
 };

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -99,6 +100,16 @@ absl::Status UringLoop::Init(const UringProbe& probe) {
     (void)io_uring_unregister_ring_fd(&ring_);
   }
 
+  // Sockets in the registered file table: a sparse table (Linux 5.19+), else one of -1s.
+  if (const uint32_t n = FixedFileTableSize(); n > 0) {
+    if (io_uring_register_files_sparse(&ring_, n) == 0) {
+      fixed_files_ = n;
+    } else {
+      std::vector<int> empty(n, -1);
+      if (io_uring_register_files(&ring_, empty.data(), n) == 0) fixed_files_ = n;
+    }
+  }
+
   multishot_accept_ = best && probe.multishot_accept;
   multishot_recv_ = best && probe.multishot_recv && probe.buf_ring && SetUpBufferRing();
 
@@ -118,6 +129,7 @@ absl::Status UringLoop::Init(const UringProbe& probe) {
     parts.push_back("COOP_TASKRUN");
   }
   if (register_ring_fd_) parts.push_back("registered ring fd");
+  if (fixed_files_ > 0) parts.push_back(absl::StrCat("registered sockets (", fixed_files_, ")"));
   if (!best) parts.push_back("basic level");
   description_ = absl::StrCat("io_uring (", absl::StrJoin(parts, ", "), ")");
   return absl::OkStatus();
@@ -357,11 +369,33 @@ void UringLoop::SetAcceptPaused(bool paused) {
 
 // ---- Connections ----
 
+uint32_t UringLoop::FixedFileTableSize() const {
+  // One entry per connection slot this loop can use, within the process's open-file limit
+  // (the kernel refuses a larger table) and a bound on the table's kernel memory.
+  rlimit limit{};
+  uint64_t n = std::min<uint64_t>(options_.max_connections, 65536);
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    n = std::min<uint64_t>(n, limit.rlim_cur);
+  }
+  return static_cast<uint32_t>(n);
+}
+
 bool UringLoop::AttachConnection(Connection& c) {
   if (!multishot_recv_) {
     c.recv_buf_ = std::make_unique_for_overwrite<char[]>(options_.read_buffer_size);
   }
+  // Registered at the slot's index; a failure only means the plain fd is used.
+  if (c.slot_ < fixed_files_) {
+    c.fixed_file_ = io_uring_register_files_update(&ring_, c.slot_, &c.fd_, 1) == 1;
+  }
   return true;
+}
+
+void UringLoop::SetFile(io_uring_sqe* sqe, const Connection& c) const {
+  if (c.fixed_file_) {
+    sqe->fd = static_cast<int>(c.slot_);
+    sqe->flags |= IOSQE_FIXED_FILE;
+  }
 }
 
 void UringLoop::ArmRecv(Connection& c) {
@@ -369,11 +403,13 @@ void UringLoop::ArmRecv(Connection& c) {
   if (multishot_recv_) {
     // Buffers come from the ring as data arrives: idle connections hold no buffer.
     io_uring_prep_recv_multishot(sqe, c.fd_, nullptr, 0, 0);
+    SetFile(sqe, c);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = kBufGroup;
   } else {
     // The kernel owns c.recv_buf_ until this recv completes.
     io_uring_prep_recv(sqe, c.fd_, c.recv_buf_.get(), options_.read_buffer_size, 0);
+    SetFile(sqe, c);
   }
   io_uring_sqe_set_data64(sqe, EncodeTag(Op::kRecv, c.slot_, GenOf(c)));
   c.read_armed_ = true;
@@ -454,6 +490,7 @@ void UringLoop::StartSend(Connection& c) {
   size_t len = std::min(c.sending_.size() - c.sending_off_, kMaxSendBytes);
   io_uring_sqe* sqe = GetSqe();
   io_uring_prep_send(sqe, c.fd_, c.sending_.data() + c.sending_off_, len, MSG_NOSIGNAL);
+  SetFile(sqe, c);
   io_uring_sqe_set_data64(sqe, EncodeTag(Op::kSend, c.slot_, GenOf(c)));
   c.send_busy_ = true;
 }
@@ -487,7 +524,17 @@ void UringLoop::ReleaseConnection(Connection& c) {
 
 void UringLoop::FreeIfIdle(Connection& c) {
   // The slot and its buffers stay until the kernel has returned every one of them.
-  if (!c.read_armed_ && !c.send_busy_) FreeConnection(c);
+  if (c.read_armed_ || c.send_busy_) return;
+  if (c.fixed_file_) {
+    // The table holds its own reference to the socket: drop it, or closing the fd would not
+    // close the connection. No operation on the slot is in flight any more.
+    const int none = -1;
+    if (io_uring_register_files_update(&ring_, c.slot_, &none, 1) != 1) {
+      PC_LOG(kWarning, "io_uring: unregistering socket %d failed", c.fd_);
+    }
+    c.fixed_file_ = false;
+  }
+  FreeConnection(c);
 }
 
 }  // namespace petracache::io::internal

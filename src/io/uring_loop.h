@@ -50,6 +50,9 @@ class UringLoop final : public LoopCore {
   void CancelRecv(Connection& c);
   void RecycleBuffer(uint16_t bid);
   void FreeIfIdle(Connection& c);
+  uint32_t FixedFileTableSize() const;
+  // The fd (or fixed-file index) an SQE on `c` names, with IOSQE_FIXED_FILE when registered.
+  void SetFile(io_uring_sqe* sqe, const Connection& c) const;
 
   // The one dispatch switch over completion tags.
   void HandleCompletion(const io_uring_cqe& cqe);
@@ -66,6 +69,10 @@ class UringLoop final : public LoopCore {
   bool multishot_accept_ = false;
   bool multishot_recv_ = false;
   bool register_ring_fd_ = false;  // io_uring_register_ring_fd works here
+  // Size of the registered (fixed) file table; 0: sockets are not registered. A connection in
+  // slot s < fixed_files_ is registered at index s while it is attached (io_uring then skips
+  // the file lookup and reference count on every recv and send).
+  uint32_t fixed_files_ = 0;
 
   // Provided-buffer ring (multishot recv). buf_base_ holds buf_entries_ buffers of
   // read_buffer_size bytes. A buffer belongs to the kernel from the moment it is added to the

@@ -1,8 +1,10 @@
 """Connection handling: 1,000 concurrent connections, the max_connections cap and its exact
-rejection line, idle_timeout, and clients that pipeline requests without reading their
-replies (others are still served, memory stays bounded). petracache only."""
+rejection line, idle_timeout, clients that pipeline requests without reading their replies
+(others are still served, memory stays bounded), and io_uring's registered sockets (each
+connection in the ring's file table while open, out of it once closed). petracache only."""
 
 import os
+import re
 import resource
 import socket
 import time
@@ -189,6 +191,65 @@ class MaxConnectionsTest(unittest.TestCase):
         more = self.open_until_full(server, 3)
         self.assertEqual(more[0].get_reply(b"get cap\r\n"), b"VALUE cap 0 2\r\nok\r\nEND\r\n")
         self.assert_rejected(server)
+
+
+def registered_sockets(pid):
+    """Sockets in the registered file tables of the process's io_uring instances, from
+    /proc/PID/fdinfo (one "  N: socket:[inode]" line per occupied entry); None if the
+    process has no ring."""
+    total = None
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            if "io_uring" not in target:
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                info = f.read()
+        except OSError:
+            continue
+        total = (total or 0) + len(re.findall(r"(?m)^\s+\d+: socket:", info))
+    return total
+
+
+class RegisteredSocketsTest(unittest.TestCase):
+    def wait_registered(self, server, want, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            got = registered_sockets(server.pid)
+            if got == want or time.monotonic() >= deadline:
+                self.assertEqual(got, want, "registered sockets")
+                return
+            time.sleep(0.02)
+
+    def test_open_connections_are_registered_and_closed_ones_leave_the_table(self):
+        server = start(self, threads=1, io_backend="io_uring")
+        if "registered sockets" not in server.log_text():
+            self.skipTest("this kernel's io_uring takes no registered sockets")
+        conns = []
+        for _ in range(6):
+            c = harness.RawClient(server.address, timeout=5)
+            self.addCleanup(c.close)
+            self.assertTrue(c.request(b"version\r\n").startswith(b"VERSION "))
+            conns.append(c)
+        self.wait_registered(server, 6)
+        # Closed by the client (EOF), by the server (quit), and abortively (bad input is
+        # answered and the connection kept, so use a reset instead).
+        conns[0].close()
+        conns[1].send(b"quit\r\n")
+        with socket.create_connection(server.address, timeout=5) as s:
+            s.sendall(b"version\r\n")
+            s.recv(100)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.wait_registered(server, 4)
+        # A slot freed and reused: the new connection is registered in it and works.
+        c = harness.RawClient(server.address, timeout=5)
+        self.addCleanup(c.close)
+        self.assertEqual(c.request(b"set r 0 0 1\r\nx\r\n"), b"STORED\r\n")
+        self.assertEqual(conns[2].get_reply(b"get r\r\n"), b"VALUE r 0 1\r\nx\r\nEND\r\n")
+        self.wait_registered(server, 5)
+        for conn in conns[2:] + [c]:
+            conn.close()
+        self.wait_registered(server, 0)
 
 
 class IdleTimeoutTest(unittest.TestCase):
