@@ -686,6 +686,11 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> RocksDbStore::Open(const Options& 
   db_options.max_background_jobs = options.max_background_jobs;
   db_options.statistics = impl->statistics;
   db_options.bytes_per_sync = 1 << 20;
+  // The WAL is written back as it grows, too. Otherwise a memtable switch (with overwrites in
+  // place, when the WAL reaches max_total_wal_size: up to 192 MiB of dirty pages) ends with
+  // one fsync of all of it, and the event loop's next WAL write waited behind that fsync:
+  // 80–90 ms stalls on the write-heavy load, 7.7 ms with this.
+  db_options.wal_bytes_per_sync = 1 << 20;
   // Debian's librocksdb is built without NDEBUG, where RocksDB's default log level is DEBUG:
   // one LOG line per WAL flush, i.e. per event-loop iteration that wrote (~700 KB/s under
   // load, with formatting on the loop). INFO keeps flushes, compactions and errors.
