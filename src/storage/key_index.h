@@ -29,11 +29,8 @@ class KeyIndex {
   size_t capacity() const { return mask_ + 1; }
 
   T* Find(std::string_view key, uint64_t hash) const {
-    for (size_t i = Home(hash);; i = (i + 1) & mask_) {
-      const Slot& s = slots_[i];
-      if (s.object == nullptr) return nullptr;
-      if (s.hash == hash && s.object->key() == key) return s.object;
-    }
+    const size_t i = Locate(key, hash);
+    return i == kAbsent ? nullptr : slots_[i].object;
   }
 
   // `object`'s key must not be in the index yet.
@@ -45,12 +42,8 @@ class KeyIndex {
 
   // Removes the key's object, if any, and returns it.
   T* Erase(std::string_view key, uint64_t hash) {
-    size_t i = Home(hash);
-    for (;; i = (i + 1) & mask_) {
-      const Slot& s = slots_[i];
-      if (s.object == nullptr) return nullptr;
-      if (s.hash == hash && s.object->key() == key) break;
-    }
+    size_t i = Locate(key, hash);
+    if (i == kAbsent) return nullptr;
     T* found = slots_[i].object;
     // Shift later members of the probe run back over the hole, each only if its home does
     // not lie after the hole (cyclically), so every object stays reachable from its home.
@@ -75,6 +68,16 @@ class KeyIndex {
     T* object = nullptr;
   };
   static constexpr size_t kMinCapacity = 64;
+  static constexpr size_t kAbsent = ~size_t{0};
+
+  // The slot holding the key, or kAbsent.
+  size_t Locate(std::string_view key, uint64_t hash) const {
+    for (size_t i = Home(hash);; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.object == nullptr) return kAbsent;
+      if (s.hash == hash && s.object->key() == key) return i;
+    }
+  }
 
   // Fibonacci hashing: the top bits of hash × 2^64/φ, so neighbouring or structured hashes
   // (the tier picks its shard from some of the same bits) still spread over the table.
