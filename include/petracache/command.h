@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstddef>
+#include <array>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -38,7 +40,14 @@ enum class CommandType : uint8_t {
   // mcrouter's extensions.
   kLeaseGet,
   kLeaseSet,
-  kMetaGet,
+  kMetaGet,  // mcrouter's "metaget", not memcached's mg
+  // memcached's meta commands: mn, mg, ms, md, ma, me.
+  kMetaNoop,
+  kMetaRetrieve,
+  kMetaStore,
+  kMetaDelete,
+  kMetaArithmetic,
+  kMetaDebug,
 };
 
 // Every error reply the text protocol can give, so the exact strings live in one place
@@ -60,6 +69,62 @@ enum class ProtocolError : uint8_t {
   kStorageFailure,       // "SERVER_ERROR storage failure"
   kOutOfMemory,          // "SERVER_ERROR out of memory storing object"
   kBusy,                 // "SERVER_ERROR 307 busy" (mcrouter's busy code: overload, retry)
+  // Meta commands.
+  kMetaInvalidFlag,        // "CLIENT_ERROR invalid flag"
+  kMetaDuplicateFlag,      // "CLIENT_ERROR duplicate flag"
+  kMetaInvalidOrDupFlag,   // "CLIENT_ERROR invalid or duplicate flag" (md, ma)
+  kMetaBadToken,           // "CLIENT_ERROR bad token in command line format"
+  kMetaGetFlagsTooLong,    // "CLIENT_ERROR options flags are too long" (mg)
+  kMetaFlagsTooLong,       // "CLIENT_ERROR options flags too long" (ms, md, ma)
+  kMetaOpaqueTooLong,      // "CLIENT_ERROR opaque token too long"
+  kMetaBadKeyEncoding,     // "CLIENT_ERROR error decoding key"
+  kMetaModeLength,         // "CLIENT_ERROR incorrect length for M token"
+  kMetaBadSetMode,         // "CLIENT_ERROR invalid mode for ms M token"
+  kMetaBadArithmeticMode,  // "CLIENT_ERROR invalid mode for ma M token"
+  kMetaBadInitial,         // "CLIENT_ERROR invalid numeric initial value"
+  kMetaBadDelta,           // "CLIENT_ERROR invalid numeric delta value"
+};
+
+// memcached's limits on meta requests: at most this many tokens in all (the command, key,
+// flags and the terminal token memcached counts), and opaque tokens ("O...") this long.
+inline constexpr size_t kMaxMetaTokens = 20;
+inline constexpr size_t kMaxMetaOpaqueLength = 32;
+
+// A meta command's flags, as memcached's _meta_flag_preparse reads them. `tokens` holds every
+// flag token after the key (and ms's length) in request order, as sent ("v", "T30", "O123"):
+// replies echo the return flags in that order.
+struct MetaFlags {
+  std::array<std::string_view, kMaxMetaTokens> tokens;
+  size_t count = 0;
+  bool value = false;           // v
+  bool quiet = false;           // q: suppress the nominal reply (HD; EN for mg)
+  bool base64_key = false;      // b: the key was sent base64-encoded (Command::key is decoded)
+  bool invalidate = false;      // I
+  bool has_cas = false;         // C<cas>
+  bool new_ttl = false;         // T<ttl>
+  bool vivify = false;          // N<ttl>
+  bool recache = false;         // R<ttl>
+  bool opaque_too_long = false; // an O token over kMaxMetaOpaqueLength: reported by command
+  char mode = 0;                // M<mode>
+  int32_t ttl = 0;              // T, as sent (narrowed to 32 bits like every exptime)
+  int32_t vivify_ttl = 0;       // N
+  int32_t recache_ttl = 0;      // R
+  uint32_t client_flags = 0;    // F
+  uint64_t cas = 0;             // C
+  uint64_t delta = 1;           // D (ma)
+  uint64_t initial = 0;         // J (ma)
+
+  void Clear() {
+    count = 0;
+    value = quiet = base64_key = invalidate = has_cas = new_ttl = vivify = recache = false;
+    opaque_too_long = false;
+    mode = 0;
+    ttl = vivify_ttl = recache_ttl = 0;
+    client_flags = 0;
+    cas = 0;
+    delta = 1;
+    initial = 0;
+  }
 };
 
 // What the protocol layer hands the engine. All views point into the input buffer and are
@@ -90,6 +155,11 @@ struct Command {
   std::string_view data;  // storage commands: the value bytes, without the trailing \r\n
   std::string_view arg;   // stats: the sub-command ("" for plain stats); shutdown: mode
 
+  // Meta commands only (type kMetaRetrieve ... kMetaDebug); key is the decoded key when the
+  // b flag was given, then held in key_buffer.
+  MetaFlags meta;
+  std::string key_buffer;
+
   void Clear() {
     type = CommandType::kInvalid;
     error = ProtocolError::kNone;
@@ -104,6 +174,7 @@ struct Command {
     verbosity = 0;
     data = {};
     arg = {};
+    meta.Clear();
   }
 };
 

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
+#include "engine/engine_internal.h"
 #include "protocol/encoder.h"
 #include "protocol/numbers.h"
 
@@ -24,71 +25,6 @@ using protocol::Reply;
 using storage::ItemHeader;
 using storage::LookupStatus;
 
-namespace {
-
-// memcached's slab_chunk_max (default): larger items are stored in chunks.
-constexpr size_t kChunkedItemSize = 512 * 1024;
-
-// memcached's REALTIME_MAXDELTA: larger exptimes are absolute Unix times.
-constexpr int32_t kRealtimeMaxDelta = 60 * 60 * 24 * 30;
-
-bool IsLive(LookupStatus s) { return s == LookupStatus::kFound; }
-
-// One key's read inside a command: what Store::Get said, with its errors folded in.
-struct Lookup {
-  bool failed = false;       // storage error
-  bool would_block = false;  // needs disk and the caller forbade it
-  LookupStatus status = LookupStatus::kNotFound;
-};
-
-Lookup ToLookup(const absl::StatusOr<LookupStatus>& r) {
-  Lookup out;
-  if (!r.ok()) {
-    PC_LOG(kWarning, "storage read failed: %s", r.status().ToString());
-    out.failed = true;
-    return out;
-  }
-  out.status = *r;
-  out.would_block = *r == LookupStatus::kWouldBlock;
-  return out;
-}
-
-storage::ReadOptions ReadOptionsFor(bool allow_disk) {
-  storage::ReadOptions options;
-  options.cache_only = !allow_disk;
-  return options;
-}
-
-Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHeader* header,
-            std::string* value) {
-  return ToLookup(store->Get(key, ReadOptionsFor(allow_disk), header, value));
-}
-
-Lookup Visit(storage::Store* store, std::string_view key, bool allow_disk,
-             storage::Store::ItemVisitor fn) {
-  return ToLookup(store->Visit(key, ReadOptionsFor(allow_disk), fn));
-}
-
-// What a store write's status means for the command: done, retry with disk access (an event
-// loop must not wait for a stalled write), or failed.
-// Unavailable on a thread that may wait means the store gave up on a long write stall
-// (overload): the client is told to retry rather than kept waiting.
-enum class WriteResult { kOk, kWouldBlock, kBusy, kFailed };
-
-WriteResult Classify(const absl::Status& s, bool allow_disk) {
-  if (s.ok()) return WriteResult::kOk;
-  if (absl::IsUnavailable(s)) return allow_disk ? WriteResult::kBusy : WriteResult::kWouldBlock;
-  PC_LOG(kWarning, "storage write failed: %s", s.ToString());
-  return WriteResult::kFailed;
-}
-
-storage::WriteOptions WriteOptionsFor(const ExecContext& ctx) {
-  storage::WriteOptions w;
-  w.no_stall = !ctx.allow_disk;
-  return w;
-}
-
-}  // namespace
 
 Engine::Engine(storage::Store* store, Clock* clock, EngineOptions options)
     : store_(store), clock_(clock), options_(std::move(options)), start_time_(clock->Now()) {}
@@ -170,6 +106,20 @@ Outcome Engine::Dispatch(const Command& cmd, ExecContext& ctx) {
       if (cmd.arg.empty() || cmd.arg == "graceful") return Outcome::kShutdown;
       AppendError(ctx.out, ProtocolError::kInvalidShutdownMode);
       return Outcome::kDone;
+    case CommandType::kMetaNoop:
+      protocol::AppendMetaStatus(ctx.out, protocol::MetaStatus::kMn);
+      protocol::AppendMetaEnd(ctx.out);
+      return Outcome::kDone;
+    case CommandType::kMetaRetrieve:
+      return MetaRetrieve(cmd, ctx);
+    case CommandType::kMetaStore:
+      return MetaStore(cmd, ctx);
+    case CommandType::kMetaDelete:
+      return MetaDelete(cmd, ctx);
+    case CommandType::kMetaArithmetic:
+      return MetaArithmetic(cmd, ctx);
+    case CommandType::kMetaDebug:
+      return MetaDebug(cmd, ctx);
     case CommandType::kInvalid:
     case CommandType::kLeaseGet:
     case CommandType::kMetaGet:
@@ -182,8 +132,9 @@ Outcome Engine::Dispatch(const Command& cmd, ExecContext& ctx) {
 Outcome Engine::Error(const Command& cmd, ExecContext& ctx) {
   switch (cmd.error) {
     case ProtocolError::kObjectTooLarge:
-      // memcached removes the old value so a failed set never leaves stale data behind.
-      if (cmd.type == CommandType::kSet) {
+      // memcached removes the old value so a failed set never leaves stale data behind (ms
+      // removes it whatever its mode).
+      if (cmd.type == CommandType::kSet || cmd.type == CommandType::kMetaStore) {
         std::unique_lock lock = LockKey(cmd.key, ctx);
         if (!lock.owns_lock()) return Outcome::kWouldBlock;
         switch (Classify(store_->Delete(cmd.key, WriteOptionsFor(ctx)), ctx.allow_disk)) {
@@ -441,22 +392,12 @@ Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
     return Answer(cmd, ctx, Reply::kNotFound);
   }
   uint64_t number = 0;
-  // memcached never does arithmetic on items large enough to be stored in chunks.
-  if (ItemTotalSize(cmd.key.size(), header.flags, value.size()) > kChunkedItemSize ||
-      !protocol::ParseStoredNumber(value, &number)) {
+  std::string new_value;
+  if (!ApplyDelta(cmd.key, header, value, incr, cmd.delta, &number, &new_value)) {
     return Answer(cmd, ctx, ProtocolError::kNonNumeric);
   }
-  if (incr) {
-    number += cmd.delta;  // wraps at 2^64, as memcached
-  } else {
-    number = cmd.delta > number ? 0 : number - cmd.delta;
-  }
-  char digits[24];
-  auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), number);
-  std::string_view text(digits, static_cast<size_t>(end - digits));
-  // memcached rewrites a shorter result in place, padding the old length with spaces.
-  std::string new_value(text);
-  if (new_value.size() < value.size()) new_value.resize(value.size(), ' ');
+  // The rewrite keeps the item's state bits only where memcached rewrites in place.
+  if (new_value.size() > value.size()) header.bits = 0;
 
   if (std::optional<Outcome> failed = StoreNew(cmd, ctx, &header, new_value, clock_->Now())) {
     return *failed;
@@ -464,6 +405,23 @@ Outcome Engine::Arithmetic(const Command& cmd, ExecContext& ctx) {
   (incr ? ctx.stats->incr_hits : ctx.stats->decr_hits).Add();
   if (!cmd.noreply) protocol::AppendNumber(ctx.out, number);
   return Outcome::kDone;
+}
+
+bool ApplyDelta(std::string_view key, const ItemHeader& header, std::string_view value, bool incr,
+                uint64_t delta, uint64_t* number, std::string* new_value) {
+  if (!DeltaCandidate(key, header, value) || !protocol::ParseStoredNumber(value, number)) {
+    return false;
+  }
+  if (incr) {
+    *number += delta;  // wraps at 2^64, as memcached
+  } else {
+    *number = delta > *number ? 0 : *number - delta;
+  }
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), *number);
+  new_value->assign(digits, static_cast<size_t>(end - digits));
+  if (new_value->size() < value.size()) new_value->resize(value.size(), ' ');
+  return true;
 }
 
 Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {

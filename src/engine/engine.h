@@ -101,6 +101,13 @@ class Engine {
   Outcome Touch(const Command& cmd, ExecContext& ctx);
   Outcome FlushAll(const Command& cmd, ExecContext& ctx);
   Outcome Stats(const Command& cmd, ExecContext& ctx);
+  // Meta commands (meta.cc).
+  Outcome MetaRetrieve(const Command& cmd, ExecContext& ctx);
+  Outcome MetaRetrieveLocked(const Command& cmd, ExecContext& ctx, int64_t now);
+  Outcome MetaStore(const Command& cmd, ExecContext& ctx);
+  Outcome MetaDelete(const Command& cmd, ExecContext& ctx);
+  Outcome MetaArithmetic(const Command& cmd, ExecContext& ctx);
+  Outcome MetaDebug(const Command& cmd, ExecContext& ctx);
   Outcome Error(const Command& cmd, ExecContext& ctx);
   void AppendGeneralStats(std::string* out);
   // Replies SERVER_ERROR for a failed storage call (noreply suppresses it, as memcached does

@@ -9,6 +9,7 @@ CommandKind KindOf(CommandType type) {
     case CommandType::kGets:
     case CommandType::kGat:
     case CommandType::kGats:
+    case CommandType::kMetaRetrieve:
       return CommandKind::kGet;
     case CommandType::kSet:
     case CommandType::kAdd:
@@ -16,10 +17,12 @@ CommandKind KindOf(CommandType type) {
     case CommandType::kAppend:
     case CommandType::kPrepend:
     case CommandType::kLeaseSet:
+    case CommandType::kMetaStore:
       return CommandKind::kSet;
     case CommandType::kCas:
       return CommandKind::kCas;
     case CommandType::kDelete:
+    case CommandType::kMetaDelete:
       return CommandKind::kDelete;
     case CommandType::kIncr:
       return CommandKind::kIncr;

@@ -3,6 +3,8 @@
 
 #include <charconv>
 
+#include "protocol/base64.h"
+
 namespace petracache::protocol {
 namespace {
 
@@ -80,6 +82,32 @@ std::string_view ErrorText(ProtocolError error) {
       return "SERVER_ERROR out of memory storing object";
     case ProtocolError::kBusy:
       return "SERVER_ERROR 307 busy";
+    case ProtocolError::kMetaInvalidFlag:
+      return "CLIENT_ERROR invalid flag";
+    case ProtocolError::kMetaDuplicateFlag:
+      return "CLIENT_ERROR duplicate flag";
+    case ProtocolError::kMetaInvalidOrDupFlag:
+      return "CLIENT_ERROR invalid or duplicate flag";
+    case ProtocolError::kMetaBadToken:
+      return "CLIENT_ERROR bad token in command line format";
+    case ProtocolError::kMetaGetFlagsTooLong:
+      return "CLIENT_ERROR options flags are too long";
+    case ProtocolError::kMetaFlagsTooLong:
+      return "CLIENT_ERROR options flags too long";
+    case ProtocolError::kMetaOpaqueTooLong:
+      return "CLIENT_ERROR opaque token too long";
+    case ProtocolError::kMetaBadKeyEncoding:
+      return "CLIENT_ERROR error decoding key";
+    case ProtocolError::kMetaModeLength:
+      return "CLIENT_ERROR incorrect length for M token";
+    case ProtocolError::kMetaBadSetMode:
+      return "CLIENT_ERROR invalid mode for ms M token";
+    case ProtocolError::kMetaBadArithmeticMode:
+      return "CLIENT_ERROR invalid mode for ma M token";
+    case ProtocolError::kMetaBadInitial:
+      return "CLIENT_ERROR invalid numeric initial value";
+    case ProtocolError::kMetaBadDelta:
+      return "CLIENT_ERROR invalid numeric delta value";
   }
   return "ERROR";
 }
@@ -104,6 +132,76 @@ void AppendValue(std::string* out, std::string_view key, uint32_t flags, std::st
   }
   out->append("\r\n");
   out->append(data);
+  out->append("\r\n");
+}
+
+void AppendMetaStatus(std::string* out, MetaStatus status) {
+  static constexpr std::string_view kCodes[] = {"HD", "EN", "NF", "NS", "EX", "MN"};
+  out->append(kCodes[static_cast<size_t>(status)]);
+}
+
+void AppendMetaValueStatus(std::string* out, size_t length) {
+  out->append("VA ");
+  AppendDecimal(out, length);
+}
+
+void AppendMetaFlag(std::string* out, char flag) {
+  out->push_back(' ');
+  out->push_back(flag);
+}
+
+void AppendMetaFlag(std::string* out, char flag, uint64_t value) {
+  AppendMetaFlag(out, flag);
+  AppendDecimal(out, value);
+}
+
+void AppendMetaFlag(std::string* out, char flag, int64_t value) {
+  AppendMetaFlag(out, flag);
+  if (value < 0) {
+    out->push_back('-');
+    AppendDecimal(out, static_cast<uint64_t>(0) - static_cast<uint64_t>(value));
+  } else {
+    AppendDecimal(out, static_cast<uint64_t>(value));
+  }
+}
+
+void AppendMetaToken(std::string* out, std::string_view token) {
+  out->push_back(' ');
+  out->append(token);
+}
+
+void AppendMetaKey(std::string* out, std::string_view key, bool binary) {
+  AppendMetaFlag(out, 'k');
+  if (!binary) {
+    out->append(key);
+    return;
+  }
+  Base64Encode(key, out);
+  AppendMetaFlag(out, 'b');
+}
+
+void AppendMetaDebug(std::string* out, std::string_view key, bool binary, const MetaDebugInfo& info) {
+  out->append("ME ");
+  if (binary) {
+    Base64Encode(key, out);
+  } else {
+    out->append(key);
+  }
+  out->append(" exp=");
+  if (info.exp < 0) {
+    out->push_back('-');
+    AppendDecimal(out, static_cast<uint64_t>(0) - static_cast<uint64_t>(info.exp));
+  } else {
+    AppendDecimal(out, static_cast<uint64_t>(info.exp));
+  }
+  out->append(" la=");
+  AppendDecimal(out, info.since_write);
+  out->append(" cas=");
+  AppendDecimal(out, info.cas);
+  out->append(" cls=");
+  AppendDecimal(out, info.slab_class);
+  out->append(" size=");
+  AppendDecimal(out, info.size);
   out->append("\r\n");
 }
 

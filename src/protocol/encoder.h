@@ -30,6 +30,33 @@ std::string_view ErrorText(ProtocolError error);
 // "VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n". cas == nullptr omits it (get, gat).
 void AppendValue(std::string* out, std::string_view key, uint32_t flags, std::string_view data,
                  const uint64_t* cas);
+// Meta replies are built from pieces: a status ("HD", or "VA <length>" before a value), then
+// return flags (" c123", " kfoo", " O<opaque>", " W"), then "\r\n" (AppendMetaEnd), then for
+// VA the data block (AppendMetaData).
+enum class MetaStatus { kHd, kEn, kNf, kNs, kEx, kMn };
+void AppendMetaStatus(std::string* out, MetaStatus status);
+void AppendMetaValueStatus(std::string* out, size_t length);
+void AppendMetaFlag(std::string* out, char flag);
+void AppendMetaFlag(std::string* out, char flag, uint64_t value);
+void AppendMetaFlag(std::string* out, char flag, int64_t value);
+// A request token echoed verbatim (the opaque "O..." token).
+void AppendMetaToken(std::string* out, std::string_view token);
+// " k<key>", or " k<base64 key> b" for a binary key.
+void AppendMetaKey(std::string* out, std::string_view key, bool binary);
+inline void AppendMetaEnd(std::string* out) { out->append("\r\n"); }
+inline void AppendMetaData(std::string* out, std::string_view data) {
+  out->append(data);
+  out->append("\r\n");
+}
+// The `me` line: "ME <key> exp=<exp> la=<since_write> cas=<cas> cls=<class> size=<size>\r\n".
+struct MetaDebugInfo {
+  int64_t exp = -1;  // memcached prints now - exptime, or -1 without one
+  uint64_t since_write = 0;
+  uint64_t cas = 0;
+  uint64_t slab_class = 0;
+  uint64_t size = 0;
+};
+void AppendMetaDebug(std::string* out, std::string_view key, bool binary, const MetaDebugInfo& info);
 // incr/decr result: "<number>\r\n".
 void AppendNumber(std::string* out, uint64_t number);
 // "VERSION <text>\r\n".

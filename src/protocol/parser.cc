@@ -8,11 +8,10 @@
 #include <climits>
 #include <cstring>
 
+#include "protocol/base64.h"
 #include "protocol/numbers.h"
 
 namespace petracache::protocol {
-namespace {
-
 // memcached's MAX_TOKENS: at most 23 tokens plus a terminal one.
 constexpr size_t kMaxTokens = 24;
 
@@ -27,6 +26,8 @@ struct Tokens {
   // The token memcached's set_noreply_maybe looks at.
   bool NoReply() const { return count >= 2 && token[count - 2] == "noreply"; }
 };
+
+namespace {
 
 // memcached's tokenize_command: splits on single spaces (not tabs), skips empty tokens, and
 // stops after 23 tokens leaving the rest of the line unsplit.
@@ -89,6 +90,131 @@ bool LookupStorage(std::string_view name, StorageCommand* out) {
     }
   }
   return false;
+}
+
+
+CommandType MetaType(std::string_view name) {
+  if (name.size() != 2 || name[0] != 'm') return CommandType::kInvalid;
+  switch (name[1]) {
+    case 'n':
+      return CommandType::kMetaNoop;
+    case 'g':
+      return CommandType::kMetaRetrieve;
+    case 's':
+      return CommandType::kMetaStore;
+    case 'd':
+      return CommandType::kMetaDelete;
+    case 'a':
+      return CommandType::kMetaArithmetic;
+    case 'e':
+      return CommandType::kMetaDebug;
+    default:
+      return CommandType::kInvalid;
+  }
+}
+
+// memcached's _meta_flag_preparse over the flag tokens t[start .. n-2]: fills cmd->meta and
+// decodes a base64 key in cmd->key. An unknown or repeated flag (by first character) stops at
+// once; other bad tokens are remembered and the scan goes on, the last one's message winning
+// (a bad F keeps the message so far, "bad command line format" by default).
+ProtocolError PreparseMeta(const Tokens& t, size_t start, Command* cmd) {
+  const bool retrieve = cmd->type == CommandType::kMetaRetrieve;
+  MetaFlags& m = cmd->meta;
+  std::array<bool, 128> seen{};
+  bool failed = false;
+  ProtocolError message = ProtocolError::kBadCommandLine;
+  auto bad = [&](ProtocolError e) {
+    failed = true;
+    message = e;
+  };
+  for (size_t i = start; i + 1 < t.count; ++i) {
+    const std::string_view token = t[i];
+    const uint8_t flag = static_cast<uint8_t>(token[0]);
+    if (flag >= 127 || seen[flag]) return ProtocolError::kMetaDuplicateFlag;
+    seen[flag] = true;
+    m.tokens[m.count++] = token;
+    const std::string_view arg = token.substr(1);
+    switch (flag) {
+      case 'b':
+        if (!Base64Decode(cmd->key, &cmd->key_buffer)) {
+          bad(ProtocolError::kMetaBadKeyEncoding);
+          cmd->key = {};
+        } else {
+          cmd->key = cmd->key_buffer;
+        }
+        m.base64_key = true;
+        break;
+      case 'N':
+        m.vivify = true;
+        if (!SafeStrtol32(arg, &m.vivify_ttl)) bad(ProtocolError::kMetaBadToken);
+        break;
+      case 'T':
+        if (SafeStrtol32(arg, &m.ttl)) {
+          m.new_ttl = true;
+        } else {
+          bad(ProtocolError::kMetaBadToken);
+        }
+        break;
+      case 'R':
+        m.recache = true;
+        if (!SafeStrtol32(arg, &m.recache_ttl)) bad(ProtocolError::kMetaBadToken);
+        break;
+      case 'O':
+        if (token.size() > kMaxMetaOpaqueLength) m.opaque_too_long = true;
+        break;
+      case 'P':
+      case 'L':
+      case 'k':
+      case 's':
+      case 't':
+      case 'c':
+      case 'f':
+      case 'u':  // "don't bump in the LRU": PetraCache's reads never reorder anything
+        break;
+      case 'h':
+      case 'l':
+        // Hit-before and time-since-access: PetraCache does not record reads (that would
+        // make every get a write), so mg refuses them rather than answer with invented
+        // values (docs/protocol.md). The other commands ignore them, as memcached does.
+        if (retrieve) return ProtocolError::kMetaInvalidFlag;
+        break;
+      case 'v':
+        m.value = true;
+        break;
+      case 'q':
+        m.quiet = true;
+        break;
+      case 'F':
+        if (!SafeStrtoul32(arg, &m.client_flags)) failed = true;
+        break;
+      case 'C':
+        if (SafeStrtoull(arg, &m.cas)) {
+          m.has_cas = true;
+        } else {
+          bad(ProtocolError::kMetaBadToken);
+        }
+        break;
+      case 'M':
+        if (token.size() != 2) {
+          bad(ProtocolError::kMetaModeLength);
+        } else {
+          m.mode = token[1];
+        }
+        break;
+      case 'J':
+        if (!SafeStrtoull(arg, &m.initial)) bad(ProtocolError::kMetaBadInitial);
+        break;
+      case 'D':
+        if (!SafeStrtoull(arg, &m.delta)) bad(ProtocolError::kMetaBadDelta);
+        break;
+      case 'I':
+        m.invalidate = true;
+        break;
+      default:
+        return ProtocolError::kMetaInvalidFlag;
+    }
+  }
+  return failed ? message : ProtocolError::kNone;
 }
 
 }  // namespace
@@ -196,14 +322,7 @@ ParseResult Parser::ParseLine(std::string_view input, size_t line_end, size_t ne
       swallow_ = value_length + 2;
       return fail(ProtocolError::kObjectTooLarge);
     }
-    const size_t end = next + value_length + 2;
-    if (input.size() < end) return {ParseStatus::kNeedMore, 0};
-    if (input[end - 2] != '\r' || input[end - 1] != '\n') {
-      cmd->error = ProtocolError::kBadDataChunk;
-      return {ParseStatus::kCommand, end};
-    }
-    cmd->data = input.substr(next, value_length);
-    return {ParseStatus::kCommand, end};
+    return ReadDataBlock(input, next, value_length, cmd);
   }
 
   if (name == "incr" || name == "decr") {
@@ -242,6 +361,10 @@ ParseResult Parser::ParseLine(std::string_view input, size_t line_end, size_t ne
     cmd->key = t[1];
     if (!SafeStrtol32(t[2], &cmd->exptime)) return fail(ProtocolError::kInvalidExptime);
     return done;
+  }
+
+  if (const CommandType meta = MetaType(name); meta != CommandType::kInvalid) {
+    return ParseMeta(meta, t, input, next, cmd);
   }
 
   if (name == "stats") {
@@ -299,6 +422,101 @@ ParseResult Parser::ParseLine(std::string_view input, size_t line_end, size_t ne
     return {ParseStatus::kClose, next};
   }
   return fail(ProtocolError::kError);
+}
+
+ParseResult Parser::ParseMeta(CommandType type, const Tokens& t, std::string_view input,
+                              size_t next, Command* cmd) {
+  const ParseResult done{ParseStatus::kCommand, next};
+  auto fail = [&](ProtocolError error) {
+    cmd->error = error;
+    return done;
+  };
+  const size_t n = t.count;
+  cmd->type = type;
+  if (type == CommandType::kMetaNoop) return done;
+  // memcached 1.6.18's process_meta_command, process_mget_command and friends, in order.
+  if (type == CommandType::kMetaDebug) {
+    if (n < 3 || t[1].size() > kMaxKeyLength) return fail(ProtocolError::kBadCommandLine);
+    cmd->key = t[1];
+    if (n > 3 && t[2] == "b") {
+      cmd->meta.base64_key = true;
+      if (!Base64Decode(cmd->key, &cmd->key_buffer)) {
+        return fail(ProtocolError::kMetaBadKeyEncoding);
+      }
+      cmd->key = cmd->key_buffer;
+    }
+    return done;
+  }
+  if (n < 3) return fail(ProtocolError::kError);
+  if (t[1].size() > kMaxKeyLength) return fail(ProtocolError::kBadCommandLine);
+  cmd->key = t[1];
+
+  if (type != CommandType::kMetaStore) {
+    if (n > kMaxMetaTokens) {
+      return fail(type == CommandType::kMetaRetrieve ? ProtocolError::kMetaGetFlagsTooLong
+                                                     : ProtocolError::kMetaFlagsTooLong);
+    }
+    ProtocolError e = PreparseMeta(t, 2, cmd);
+    if (e != ProtocolError::kNone) {
+      // md and ma report every preparse failure with one message.
+      return fail(type == CommandType::kMetaRetrieve ? e : ProtocolError::kMetaInvalidOrDupFlag);
+    }
+    if (type == CommandType::kMetaDelete && cmd->meta.opaque_too_long) {
+      return fail(ProtocolError::kMetaOpaqueTooLong);
+    }
+    if (type == CommandType::kMetaArithmetic) {
+      const char mode = cmd->meta.mode;
+      if (mode != 0 && mode != 'I' && mode != '+' && mode != 'D' && mode != '-') {
+        return fail(ProtocolError::kMetaBadArithmeticMode);
+      }
+    }
+    return done;
+  }
+
+  // ms <key> <datalen> <flags>*: errors after the length is known swallow the data block.
+  if (n == 3) return fail(ProtocolError::kBadCommandLine);
+  if (n > kMaxMetaTokens) return fail(ProtocolError::kMetaFlagsTooLong);
+  int32_t length = 0;
+  if (!SafeStrtol32(t[2], &length) || length < 0 || length > INT_MAX - 2) {
+    return fail(ProtocolError::kBadCommandLine);
+  }
+  const size_t value_length = static_cast<size_t>(length);
+  auto fail_and_swallow = [&](ProtocolError error) {
+    swallow_ = value_length + 2;
+    return fail(error);
+  };
+  if (ProtocolError e = PreparseMeta(t, 3, cmd); e != ProtocolError::kNone) {
+    return fail_and_swallow(e);
+  }
+  if (cmd->meta.opaque_too_long) return fail_and_swallow(ProtocolError::kMetaOpaqueTooLong);
+  switch (cmd->meta.mode) {
+    case 0:
+    case 'E':
+    case 'A':
+    case 'P':
+    case 'R':
+    case 'S':
+      break;
+    default:
+      return fail_and_swallow(ProtocolError::kMetaBadSetMode);
+  }
+  if (ItemTotalSize(cmd->key.size(), cmd->meta.client_flags, value_length) >
+      options_.item_size_max) {
+    return fail_and_swallow(ProtocolError::kObjectTooLarge);
+  }
+  return ReadDataBlock(input, next, value_length, cmd);
+}
+
+ParseResult Parser::ReadDataBlock(std::string_view input, size_t next, size_t value_length,
+                                  Command* cmd) {
+  const size_t end = next + value_length + 2;
+  if (input.size() < end) return {ParseStatus::kNeedMore, 0};
+  if (input[end - 2] != '\r' || input[end - 1] != '\n') {
+    cmd->error = ProtocolError::kBadDataChunk;
+    return {ParseStatus::kCommand, end};
+  }
+  cmd->data = input.substr(next, value_length);
+  return {ParseStatus::kCommand, end};
 }
 
 }  // namespace petracache::protocol

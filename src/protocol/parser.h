@@ -32,6 +32,8 @@ struct ParseResult {
   size_t skipped = 0;
 };
 
+struct Tokens;
+
 class Parser {
  public:
   explicit Parser(const ParserOptions& options = {}) : options_(options) {}
@@ -45,6 +47,12 @@ class Parser {
 
  private:
   ParseResult ParseLine(std::string_view input, size_t line_end, size_t next, Command* cmd);
+  // mn, mg, ms, md, ma, me; t is the tokenized request line.
+  ParseResult ParseMeta(CommandType type, const Tokens& t, std::string_view input, size_t next,
+                        Command* cmd);
+  // A storage command's data block of value_length bytes plus "\r\n", starting at next.
+  ParseResult ReadDataBlock(std::string_view input, size_t next, size_t value_length,
+                            Command* cmd);
 
   ParserOptions options_;
   size_t swallow_ = 0;

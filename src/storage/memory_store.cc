@@ -13,7 +13,7 @@ absl::string_view AsAbsl(std::string_view s) { return absl::string_view(s.data()
 MemoryStore::MemoryStore(Clock* clock) : clock_(clock) {}
 
 uint64_t MemoryStore::EntryBytes(std::string_view key, const Entry& entry) {
-  return key.size() + kRecordHeaderSize + entry.value.size();
+  return key.size() + RecordHeaderSize(entry.header) + entry.value.size();
 }
 
 absl::StatusOr<LookupStatus> MemoryStore::Get(std::string_view key, const ReadOptions& options,

@@ -874,10 +874,10 @@ absl::Status RocksDbStore::Put(std::string_view key, const ItemHeader& header,
   if (impl_->hashed_memtables != nullptr) PrefetchBucket(*impl_->hashed_memtables, key);
   // The record goes into the batch in two parts, so the value is copied once (into the
   // batch), not first into an encoded record.
-  char head[kRecordHeaderSize];
-  EncodeRecordHeader(header, head);
+  char head[kMaxRecordHeaderSize];
+  const size_t head_size = EncodeRecordHeader(header, head);
   const rocksdb::Slice key_part = ToSlice(key);
-  const rocksdb::Slice value_parts[2] = {rocksdb::Slice(head, kRecordHeaderSize), ToSlice(value)};
+  const rocksdb::Slice value_parts[2] = {rocksdb::Slice(head, head_size), ToSlice(value)};
   // One batch per thread, cleared for each write: its buffer is reused instead of allocated
   // per set (a batch that held a large item gives its memory back).
   thread_local rocksdb::WriteBatch batch;

@@ -64,6 +64,18 @@ std::string TypeName(CommandType t) {
       return "lease-set";
     case CommandType::kMetaGet:
       return "metaget";
+    case CommandType::kMetaNoop:
+      return "mn";
+    case CommandType::kMetaRetrieve:
+      return "mg";
+    case CommandType::kMetaStore:
+      return "ms";
+    case CommandType::kMetaDelete:
+      return "md";
+    case CommandType::kMetaArithmetic:
+      return "ma";
+    case CommandType::kMetaDebug:
+      return "me";
   }
   return "?";
 }
@@ -85,6 +97,20 @@ std::string Describe(const Command& c) {
   if (c.verbosity) absl::StrAppend(&s, " v=", c.verbosity);
   if (!c.data.empty()) absl::StrAppend(&s, " data=", std::string(c.data));
   if (!c.arg.empty()) absl::StrAppend(&s, " arg=", std::string(c.arg));
+  const MetaFlags& m = c.meta;
+  if (m.count > 0) {
+    std::vector<std::string> tokens(m.tokens.begin(), m.tokens.begin() + m.count);
+    absl::StrAppend(&s, " meta=", absl::StrJoin(tokens, ","));
+  }
+  if (m.quiet) absl::StrAppend(&s, " q");
+  if (m.base64_key) absl::StrAppend(&s, " b64");
+  if (m.new_ttl) absl::StrAppend(&s, " T=", m.ttl);
+  if (m.vivify) absl::StrAppend(&s, " N=", m.vivify_ttl);
+  if (m.has_cas) absl::StrAppend(&s, " C=", m.cas);
+  if (m.mode) absl::StrAppend(&s, " M=", std::string(1, m.mode));
+  if (m.client_flags) absl::StrAppend(&s, " F=", m.client_flags);
+  if (m.delta != 1) absl::StrAppend(&s, " D=", m.delta);
+  if (m.initial) absl::StrAppend(&s, " J=", m.initial);
   return s;
 }
 
@@ -248,9 +274,62 @@ TEST(ParserTest, ServerCommands) {
 }
 
 TEST(ParserTest, UnknownAndMalformedLines) {
-  ExpectParses("GET k\r\n\r\nx\r\nget\r\nfoo bar\r\nmn\r\n",
+  ExpectParses("GET k\r\n\r\nx\r\nget\r\nfoo bar\r\nmx\r\n",
                {"invalid !ERROR", "invalid !ERROR", "invalid !ERROR", "invalid !ERROR",
                 "invalid !ERROR", "invalid !ERROR"});
+}
+
+TEST(ParserTest, MetaCommands) {
+  ExpectParses("mn\r\nmn extra\r\nmg k\r\nmg k v t O12 q\r\nms k 2 T30 F5 ME q\r\nhi\r\n"
+               "md k I T-1 C9\r\nma k MD D7 N0 J3\r\nme k\r\nme YWJj b\r\nmg YWJj b k\r\n",
+               {"mn", "mn", "mg key=k", "mg key=k meta=v,t,O12,q q",
+                "ms key=k data=hi meta=T30,F5,ME,q q T=30 M=E F=5",
+                "md key=k meta=I,T-1,C9 T=-1 C=9", "ma key=k meta=MD,D7,N0,J3 N=0 M=D D=7 J=3",
+                "me key=k", "me key=abc b64", "mg key=abc meta=b,k b64"});
+}
+
+TEST(ParserTest, MetaErrorsKeepTheStreamInSync) {
+  // mg: every preparse message as memcached gives it; the first unknown or repeated flag wins.
+  ExpectParses("mg\r\nmg k zz\r\nmg k v v\r\nmg k T\r\nmg k Fx\r\nmg k MXX\r\n"
+               "mg k Jx\r\nmg k Dx\r\nmg k h\r\nmg k b\r\nmg k b zz\r\n",
+               {"mg !ERROR", "mg !CLIENT_ERROR invalid flag key=k meta=zz",
+                "mg !CLIENT_ERROR duplicate flag key=k meta=v",
+                "mg !CLIENT_ERROR bad token in command line format key=k meta=T",
+                "mg !CLIENT_ERROR bad command line format key=k meta=Fx",
+                "mg !CLIENT_ERROR incorrect length for M token key=k meta=MXX",
+                "mg !CLIENT_ERROR invalid numeric initial value key=k meta=Jx",
+                "mg !CLIENT_ERROR invalid numeric delta value key=k meta=Dx D=0",
+                "mg !CLIENT_ERROR invalid flag key=k meta=h",
+                "mg !CLIENT_ERROR error decoding key meta=b b64",
+                "mg !CLIENT_ERROR invalid flag meta=b,zz b64"});
+  // md and ma: one message for every preparse failure.
+  ExpectParses("md k zz\r\nma k Dx\r\nma k MX\r\nmd k O123456789012345678901234567890123\r\n",
+               {"md !CLIENT_ERROR invalid or duplicate flag key=k meta=zz",
+                "ma !CLIENT_ERROR invalid or duplicate flag key=k meta=Dx D=0",
+                "ma !CLIENT_ERROR invalid mode for ma M token key=k meta=MX M=X",
+                "md !CLIENT_ERROR opaque token too long key=k "
+                "meta=O123456789012345678901234567890123"});
+  // ms: errors found once the length is known swallow the data block; a bad length does not.
+  ExpectParses("ms k\r\nms k 2 zz\r\nhi\r\nms k 2 MX\r\nhi\r\nms k -1\r\nms k 2\r\nhiX\r\nmn\r\n",
+               {"ms !CLIENT_ERROR bad command line format key=k",
+                "ms !CLIENT_ERROR invalid flag key=k meta=zz",
+                "ms !CLIENT_ERROR invalid mode for ms M token key=k meta=MX M=X",
+                "ms !CLIENT_ERROR bad command line format key=k",
+                "ms !CLIENT_ERROR bad data chunk key=k", "invalid !ERROR", "mn"});
+  // Too many flags: 18 after mg's key, 17 after ms's length (memcached counts 20 tokens with
+  // its terminal one).
+  ExpectParses("mg k a b c d e f g h i j k l m n o p q r\r\n"
+               "ms k 1 a b c d e f g h i j k l m n o p q\r\n",
+               {"mg !CLIENT_ERROR options flags are too long key=k",
+                "ms !CLIENT_ERROR options flags too long key=k"});
+}
+
+TEST(ParserTest, MetaSetTooLargeSwallowsTheBlock) {
+  ParserOptions options;
+  options.item_size_max = 100;
+  // 48 + 8 + 2 + 4 (flags) + 40 + 2 > 100: the F flag counts, as in memcached's item_size_ok.
+  ExpectParses("ms k 40 F1\r\n" + std::string(40, 'x') + "\r\nmn\r\n",
+               {"ms !SERVER_ERROR object too large for cache key=k meta=F1 F=1", "mn"}, options);
 }
 
 TEST(ParserTest, McrouterExtensions) {

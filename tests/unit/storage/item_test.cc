@@ -85,10 +85,38 @@ TEST(RecordTest, RejectsUnknownFormat) {
   EncodeRecord({}, "value", &record);
   ItemHeader header;
   std::string_view value;
-  for (int format : {0, 2, 0x7f, 0xff}) {
+  for (int format : {0, 3, 0x7f, 0xff}) {
     record[0] = static_cast<char>(format);
     EXPECT_FALSE(DecodeRecord(record, &header, &value)) << "format " << format;
   }
+}
+
+TEST(RecordTest, StateBitsUseTheSecondFormatOnlyWhenSet) {
+  // Without bits the record is the first format, byte for byte: old data and new agree.
+  std::string plain;
+  EncodeRecord({.flags = 5, .exptime = 9, .cas = 3, .write_time = 4}, "v", &plain);
+  ASSERT_EQ(plain.size(), kRecordHeaderSize + 1);
+  EXPECT_EQ(static_cast<uint8_t>(plain[0]), kRecordFormatV1);
+
+  std::string marked;
+  const ItemHeader in{.flags = 5, .bits = kItemStale | kItemTokenSent, .exptime = 9, .cas = 3,
+                      .write_time = 4};
+  EncodeRecord(in, "value", &marked);
+  ASSERT_EQ(marked.size(), kMaxRecordHeaderSize + 5);
+  EXPECT_EQ(static_cast<uint8_t>(marked[0]), kRecordFormatV2);
+  ItemHeader out;
+  std::string_view value;
+  ASSERT_TRUE(DecodeRecord(marked, &out, &value));
+  EXPECT_EQ(out.bits, in.bits);
+  EXPECT_EQ(out.flags, 5u);
+  EXPECT_EQ(out.exptime, 9);
+  EXPECT_EQ(out.cas, 3u);
+  EXPECT_EQ(out.write_time, 4);
+  EXPECT_EQ(value, "value");
+  // A second-format record cut inside its header is rejected, not read with a short value.
+  EXPECT_FALSE(DecodeRecord(std::string_view(marked).substr(0, kRecordHeaderSize), &out, &value));
+  ASSERT_TRUE(DecodeRecord(plain, &out, &value));
+  EXPECT_EQ(out.bits, 0);
 }
 
 TEST(LivenessTest, ExpiryAndFlushRules) {
