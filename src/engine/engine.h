@@ -104,6 +104,7 @@ class Engine {
   // Meta commands (meta.cc).
   Outcome MetaRetrieve(const Command& cmd, ExecContext& ctx);
   Outcome MetaRetrieveLocked(const Command& cmd, ExecContext& ctx, int64_t now);
+  Outcome MetaMiss(const Command& cmd, ExecContext& ctx, storage::LookupStatus status);
   Outcome MetaStore(const Command& cmd, ExecContext& ctx);
   Outcome MetaDelete(const Command& cmd, ExecContext& ctx);
   Outcome MetaArithmetic(const Command& cmd, ExecContext& ctx);

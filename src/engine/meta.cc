@@ -175,18 +175,28 @@ Outcome Engine::MetaRetrieve(const Command& cmd, ExecContext& ctx) {
   if (r.failed) return StorageFailure(cmd, ctx);
   if (result.changed) return MetaRetrieveLocked(cmd, ctx, now);
   if (result.opaque_too_long) return Answer(cmd, ctx, ProtocolError::kMetaOpaqueTooLong);
-  ctx.stats->cmd_get.Add();
   if (IsLive(r.status)) {
+    ctx.stats->cmd_get.Add();
     ctx.stats->get_hits.Add();
     return Outcome::kDone;
   }
-  ctx.stats->get_misses.Add();
-  if (r.status == LookupStatus::kExpired) ctx.stats->get_expired.Add();
-  if (r.status == LookupStatus::kFlushed) ctx.stats->get_flushed.Add();
-  if (!m.quiet) {
-    AppendMetaStatus(ctx.out, MetaStatus::kEn);
-    AppendMetaEnd(ctx.out);
+  return MetaMiss(cmd, ctx, r.status);
+}
+
+Outcome Engine::MetaMiss(const Command& cmd, ExecContext& ctx, LookupStatus status) {
+  // EN, with the opaque token and the key (as the request encoded it) echoed.
+  const size_t rollback = ctx.out->size();
+  AppendMetaStatus(ctx.out, MetaStatus::kEn);
+  if (!AppendEchoFlags(cmd, ctx.out)) {
+    ctx.out->resize(rollback);
+    return Answer(cmd, ctx, ProtocolError::kMetaOpaqueTooLong);
   }
+  AppendMetaEnd(ctx.out);
+  if (cmd.meta.quiet) ctx.out->resize(rollback);
+  ctx.stats->cmd_get.Add();
+  ctx.stats->get_misses.Add();
+  if (status == LookupStatus::kExpired) ctx.stats->get_expired.Add();
+  if (status == LookupStatus::kFlushed) ctx.stats->get_flushed.Add();
   return Outcome::kDone;
 }
 
@@ -200,17 +210,7 @@ Outcome Engine::MetaRetrieveLocked(const Command& cmd, ExecContext& ctx, int64_t
   if (r.would_block) return Outcome::kWouldBlock;
   if (r.failed) return StorageFailure(cmd, ctx);
   const bool live = IsLive(r.status);
-  if (!live && !m.vivify) {
-    ctx.stats->cmd_get.Add();
-    ctx.stats->get_misses.Add();
-    if (r.status == LookupStatus::kExpired) ctx.stats->get_expired.Add();
-    if (r.status == LookupStatus::kFlushed) ctx.stats->get_flushed.Add();
-    if (!m.quiet) {
-      AppendMetaStatus(ctx.out, MetaStatus::kEn);
-      AppendMetaEnd(ctx.out);
-    }
-    return Outcome::kDone;
-  }
+  if (!live && !m.vivify) return MetaMiss(cmd, ctx, r.status);
   const bool created = !live;
   if (created) {
     // N on a miss: an empty item, flags 0, whose TTL the N flag sets; this client wins.
@@ -225,16 +225,18 @@ Outcome Engine::MetaRetrieveLocked(const Command& cmd, ExecContext& ctx, int64_t
   MetaGetResult result = AppendMetaGetHit(
       cmd, &header, value, created, now, AbsoluteExptime(m.ttl, now),
       AbsoluteExptime(m.vivify_ttl, now), AbsoluteExptime(m.recache_ttl, now), ctx.out);
-  if (result.opaque_too_long) {
-    ctx.out->resize(rollback);
-    return Answer(cmd, ctx, ProtocolError::kMetaOpaqueTooLong);
-  }
   if (created || result.changed) {
+    // memcached changes the item flag by flag: an over-long opaque token still leaves the
+    // item created, or touched, by the flags before it (but never marks a token won).
     if (std::optional<Outcome> failed = Write(cmd, ctx, cmd.key, header, value)) {
       ctx.out->resize(rollback);
       return *failed;
     }
     if (created) ctx.stats->total_items.Add();
+  }
+  if (result.opaque_too_long) {
+    ctx.out->resize(rollback);
+    return Answer(cmd, ctx, ProtocolError::kMetaOpaqueTooLong);
   }
   if (result.ttl_set) {
     ctx.stats->cmd_touch.Add();
@@ -435,8 +437,11 @@ Outcome Engine::MetaArithmetic(const Command& cmd, ExecContext& ctx) {
   const bool has_item = status == MetaStatus::kHd;
   const int64_t old_exptime = header.exptime;
   if (has_item) {
-    // T and N change the TTL of the item just written (N only of one just created).
-    for (size_t i = 0; i < m.count; ++i) {
+    // T and N change the TTL of the item memcached holds after the update (N only of one just
+    // created). When the number outgrew its text, memcached stored a copy and that item is
+    // not the one T changes: the stored TTL stays as it was.
+    const bool in_place = created || new_value.size() <= item.value.size();
+    for (size_t i = 0; i < m.count && in_place; ++i) {
       if (m.tokens[i][0] == 'T') header.exptime = AbsoluteExptime(m.ttl, now);
       if (m.tokens[i][0] == 'N' && created) header.exptime = AbsoluteExptime(m.vivify_ttl, now);
     }

@@ -161,6 +161,33 @@ class PersistenceTest(unittest.TestCase):
             got = _gets_many(c, [b"f%d" % i for i in range(100)] + [b"after"])
             self.assertEqual(list(got), [b"after"])
 
+    def test_meta_item_state_survives_restart(self):
+        # The state the meta commands keep with an item (stale, recache token sent, binary
+        # key) is part of the stored record: a restart must not forget an invalidation, nor
+        # hand the recache token out a second time.
+        with harness.connect(self.server) as c:
+            self.assertEqual(c.request(b"ms s 2 T300\r\nhi\r\n"), b"HD\r\n")
+            self.assertEqual(c.request(b"md s I\r\n"), b"HD\r\n")
+            self.assertEqual(c.request(b"ms w 1 T300\r\nx\r\n"), b"HD\r\n")
+            self.assertEqual(c.request(b"ms t 1 T300\r\nx\r\n"), b"HD\r\n")
+            # t's token is won before the restart, w's after it.
+            self.assertEqual(c.request(b"mg t R600\r\n"), b"HD W\r\n")
+            self.assertEqual(c.request(b"ms YWJj 1 b\r\nz\r\n"), b"HD\r\n")
+            self.assertEqual(c.request(b"set plain 0 0 1\r\np\r\n"), b"STORED\r\n")
+        self.restart("kill")
+        with harness.connect(self.server) as c:
+            self.assertEqual(c.request(b"mg s\r\n"), b"HD X W\r\n")
+            self.assertEqual(c.request(b"mg s\r\n"), b"HD Z X\r\n")
+            self.assertEqual(c.request(b"mg t R600\r\n"), b"HD Z\r\n")
+            self.assertEqual(c.request(b"mg w R600\r\n"), b"HD W\r\n")
+            self.assertEqual(c.request(b"mg abc k v\r\n"), b"VA 1 kYWJj b\r\n")
+            self.assertEqual(c.read_line(), b"z\r\n")
+            self.assertEqual(c.request(b"mg plain k s\r\n"), b"HD kplain s1\r\n")
+            # A plain write starts the item afresh.
+            self.assertEqual(c.request(b"set s 0 0 1\r\nn\r\n"), b"STORED\r\n")
+            self.assertEqual(c.request(b"mg s v\r\n"), b"VA 1\r\n")
+            self.assertEqual(c.read_line(), b"n\r\n")
+
     def test_kill9_under_write_load_keeps_acknowledged_writes(self):
         rng = random.Random(int(time.time()))
         acked = {}            # key -> value, for keys written once

@@ -47,6 +47,26 @@ class DeliberateDifferencesTest(harness.ServerTestCase):
             self.assertTrue(re.match(rb"^(STORED|NOT_STORED|SERVER_ERROR .*)\r\n\Z", line), line)
             self.assertTrue(c.request(b"version\r\n").startswith(b"VERSION "))
 
+    def test_meta_get_refuses_access_history_flags(self):
+        # h (hit before) and l (seconds since last access) need every read to record itself;
+        # PetraCache's reads write nothing, so mg refuses them instead of inventing values.
+        # ms, md and ma ignore them, as memcached does.
+        with self.connect() as c:
+            self.assertEqual(c.request(b"ms k 1\r\nx\r\n"), b"HD\r\n")
+            for req in (b"mg k h\r\n", b"mg k v l\r\n", b"mg missing h\r\n"):
+                self.assertEqual(c.request(req), b"CLIENT_ERROR invalid flag\r\n", req)
+            self.assertEqual(c.request(b"ms k 1 h l\r\ny\r\n"), b"HD\r\n")
+            self.assertEqual(c.request(b"ma n h l\r\n"), b"NF\r\n")
+            self.assertEqual(c.request(b"md k h l\r\n"), b"HD\r\n")
+
+    def test_meta_debug_reports_write_time_and_no_fetch_field(self):
+        # me: memcached's fields, la counted from the item's last write, no fetch= field.
+        with self.connect() as c:
+            self.assertEqual(c.request(b"set key 5 0 3\r\nabc\r\n"), b"STORED\r\n")
+            line = c.request(b"me key\r\n")
+            self.assertRegex(line, rb"^ME key exp=-1 la=[01] cas=\d+ cls=1 size=69\r\n\Z")
+            self.assertEqual(c.request(b"me nothing\r\n"), b"EN\r\n")
+
 
 if __name__ == "__main__":
     unittest.main()
