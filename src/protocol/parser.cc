@@ -440,9 +440,7 @@ ParseResult Parser::ParseMeta(CommandType type, const Tokens& t, std::string_vie
     cmd->key = t[1];
     if (n > 3 && t[2] == "b") {
       cmd->meta.base64_key = true;
-      if (!Base64Decode(cmd->key, &cmd->key_buffer)) {
-        return fail(ProtocolError::kMetaBadKeyEncoding);
-      }
+      if (!Base64Decode(cmd->key, &cmd->key_buffer)) return fail(ProtocolError::kBadCommandLine);
       cmd->key = cmd->key_buffer;
     }
     return done;
