@@ -13,13 +13,18 @@
 
 namespace {
 
-// Every line the server may send starts with one of these (VALUE data blocks are skipped).
+// Every line the server may send starts with one of these (VALUE and VA data blocks are
+// skipped). The meta statuses are whole words: "HD" alone or followed by return flags.
 bool KnownReplyLine(std::string_view line) {
   static constexpr std::string_view kPrefixes[] = {
       "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED", "TOUCHED", "OK", "END",
-      "RESET", "ERROR", "CLIENT_ERROR ", "SERVER_ERROR ", "VERSION ", "STAT "};
+      "RESET", "ERROR", "CLIENT_ERROR ", "SERVER_ERROR ", "VERSION ", "STAT ", "ME "};
   for (std::string_view p : kPrefixes) {
     if (line.substr(0, p.size()) == p) return true;
+  }
+  static constexpr std::string_view kMetaStatuses[] = {"HD", "EN", "NF", "NS", "EX", "MN"};
+  for (std::string_view p : kMetaStatuses) {
+    if (line.substr(0, 2) == p && (line.size() == 2 || line[2] == ' ')) return true;
   }
   // incr/decr results.
   if (line.empty()) return false;
@@ -41,6 +46,18 @@ void CheckReplies(std::string_view out) {
       size_t p2 = line.find(' ', p1 + 1);
       size_t p3 = line.find(' ', p2 + 1);
       std::string bytes(line.substr(p2 + 1, p3 == std::string_view::npos ? p3 : p3 - p2 - 1));
+      size_t n = std::stoul(bytes);
+      if (out.size() < n + 2 || out.substr(n, 2) != "\r\n") __builtin_trap();
+      out.remove_prefix(n + 2);
+      continue;
+    }
+    if (line.substr(0, 3) == "VA ") {
+      // VA <bytes> <flags>*: skip the data block.
+      size_t end = line.find(' ', 3);
+      std::string bytes(line.substr(3, end == std::string_view::npos ? end : end - 3));
+      if (bytes.empty() || bytes.find_first_not_of("0123456789") != std::string::npos) {
+        __builtin_trap();
+      }
       size_t n = std::stoul(bytes);
       if (out.size() < n + 2 || out.substr(n, 2) != "\r\n") __builtin_trap();
       out.remove_prefix(n + 2);

@@ -43,6 +43,14 @@ std::vector<std::string> Feed(std::string_view input, size_t step) {
             __builtin_trap();
           }
         }
+        // A meta command's key is in the input, or decoded (b flag) into the command's own
+        // buffer.
+        const std::string_view key = cmd.key;
+        const bool in_input = key.data() >= buffer.data() &&
+                              key.data() + key.size() <= buffer.data() + buffer.size();
+        const bool decoded = key.data() >= cmd.key_buffer.data() &&
+                             key.data() + key.size() <= cmd.key_buffer.data() + cmd.key_buffer.size();
+        if (!key.empty() && !in_input && !decoded) __builtin_trap();
         seen.push_back(std::to_string(static_cast<int>(cmd.type)) + "/" +
                        std::to_string(static_cast<int>(cmd.error)) + "/" + std::string(cmd.key) +
                        "/" + std::to_string(cmd.keys.size()) + "/" + std::string(cmd.data));

@@ -321,6 +321,53 @@ TEST_F(EngineTest, WouldBlockLeavesNoTrace) {
   }
 }
 
+TEST_F(EngineTest, MetaCommandsThatWouldBlockLeaveNoTrace) {
+  ColdStore cold(&store_);
+  Engine engine(&cold, &clock_, Options());
+  EngineStats* stats = engine.RegisterStats();
+  Run("set cold 0 0 1\r\n7\r\n", &engine);
+  cold.cold_key = "cold";
+  protocol::Parser parser;
+  Command cmd;
+  // Each request changes the item or reads it; on an event loop (no disk) it must give up
+  // before changing anything, and the retry with disk access does the whole command once.
+  const std::pair<std::string_view, std::string_view> requests[] = {
+      {"mg cold v\r\n", "VA 1\r\n7\r\n"},
+      {"mg cold T0 t\r\n", "HD t-1\r\n"},
+      {"ma cold v\r\n", "VA 1\r\n8\r\n"},
+      {"md cold I\r\n", "HD\r\n"},
+      {"mg cold\r\n", "HD X W\r\n"},
+      {"ms cold 1 MA\r\n9\r\n", "HD\r\n"},
+      {"me cold\r\n", "ME cold exp=-1 la=0 cas="},
+      {"md cold\r\n", "HD\r\n"},
+      {"mg cold N0 s\r\n", "HD s0 W\r\n"},
+  };
+  for (const auto& [req, want] : requests) {
+    ASSERT_EQ(parser.Parse(req, &cmd).status, protocol::ParseStatus::kCommand) << req;
+    std::string out = "prefix";
+    ExecContext ctx{&out, stats, false};
+    EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kWouldBlock) << req;
+    EXPECT_EQ(out, "prefix") << req;
+    ctx.allow_disk = true;
+    out.clear();
+    EXPECT_EQ(engine.Execute(cmd, ctx), Outcome::kDone) << req;
+    EXPECT_EQ(out.substr(0, want.size()), want) << req;
+  }
+  EXPECT_EQ(Run("get cold\r\n", &engine), "VALUE cold 0 0\r\n\r\nEND\r\n");
+}
+
+TEST_F(EngineTest, MetaGetCountsLikeMemcached) {
+  Run("ms k 1\r\nx\r\nmg k v\r\nmg k T30\r\nmg nope\r\nms e 1 T-1\r\nx\r\nmg e\r\n");
+  EngineTotals t = engine_.Totals();
+  EXPECT_EQ(t.cmd_set, 2u);
+  EXPECT_EQ(t.cmd_get, 3u);  // mg k v, mg nope, mg e; the T request counts as a touch
+  EXPECT_EQ(t.get_hits, 1u);
+  EXPECT_EQ(t.get_misses, 2u);
+  EXPECT_EQ(t.get_expired, 1u);
+  EXPECT_EQ(t.cmd_touch, 1u);
+  EXPECT_EQ(t.touch_hits, 1u);
+}
+
 TEST_F(EngineTest, StalledWritesOnALoopAreRetriedWithDiskAccess) {
   ColdStore cold(&store_);
   Engine engine(&cold, &clock_, Options());
@@ -492,6 +539,32 @@ TEST_F(EngineConcurrencyTest, AcknowledgedSetIsNeverOverwrittenByALaterIncr) {
       }
     }
   });
+}
+
+TEST_F(EngineConcurrencyTest, ConcurrentMetaArithmeticLosesNothing) {
+  // ma vivifies the counter exactly once (N with J0); every other request increments it.
+  RunThreads(8, [](int, auto& exec) {
+    for (int i = 0; i < 5000; ++i) exec("ma up N0 J0 q\r\n");
+  });
+  // The vivifying request sets the value to J without applying the delta.
+  EXPECT_EQ(Run("mg up v\r\n"), "VA 5\r\n39999\r\n");
+}
+
+TEST_F(EngineConcurrencyTest, ExactlyOneClientWinsEachRecacheToken) {
+  for (int round = 0; round < 50; ++round) {
+    // A miss with N, a TTL under R, and an invalidated item: each hands out one W.
+    const std::string k = absl::StrCat("r", round);
+    Run(absl::StrCat("ms ", k, "t 1 T10\r\nx\r\nms ", k, "s 1\r\nx\r\nmd ", k, "s I\r\n"));
+    for (const std::string& req : {absl::StrCat("mg ", k, "n N30\r\n"),
+                                  absl::StrCat("mg ", k, "t R30\r\n"),
+                                  absl::StrCat("mg ", k, "s\r\n")}) {
+      std::atomic<int> won{0};
+      RunThreads(8, [&](int, auto& exec) {
+        if (exec(req).find(" W") != std::string::npos) won++;
+      });
+      EXPECT_EQ(won.load(), 1) << req;
+    }
+  }
 }
 
 }  // namespace
