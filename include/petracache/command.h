@@ -2,8 +2,8 @@
 // connection's input buffer.
 #pragma once
 
-#include <cstddef>
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -96,23 +96,23 @@ inline constexpr size_t kMaxMetaOpaqueLength = 32;
 struct MetaFlags {
   std::array<std::string_view, kMaxMetaTokens> tokens;
   size_t count = 0;
-  bool value = false;           // v
-  bool quiet = false;           // q: suppress the nominal reply (HD; EN for mg)
-  bool base64_key = false;      // b: the key was sent base64-encoded (Command::key is decoded)
-  bool invalidate = false;      // I
-  bool has_cas = false;         // C<cas>
-  bool new_ttl = false;         // T<ttl>
-  bool vivify = false;          // N<ttl>
-  bool recache = false;         // R<ttl>
-  bool opaque_too_long = false; // an O token over kMaxMetaOpaqueLength: reported by command
-  char mode = 0;                // M<mode>
-  int32_t ttl = 0;              // T, as sent (narrowed to 32 bits like every exptime)
-  int32_t vivify_ttl = 0;       // N
-  int32_t recache_ttl = 0;      // R
-  uint32_t client_flags = 0;    // F
-  uint64_t cas = 0;             // C
-  uint64_t delta = 1;           // D (ma)
-  uint64_t initial = 0;         // J (ma)
+  bool value = false;            // v
+  bool quiet = false;            // q: suppress the nominal reply (HD; EN for mg)
+  bool base64_key = false;       // b: the key was sent base64-encoded (Command::key is decoded)
+  bool invalidate = false;       // I
+  bool has_cas = false;          // C<cas>
+  bool new_ttl = false;          // T<ttl>
+  bool vivify = false;           // N<ttl>
+  bool recache = false;          // R<ttl>
+  bool opaque_too_long = false;  // an O token over kMaxMetaOpaqueLength: reported by command
+  char mode = 0;                 // M<mode>
+  int32_t ttl = 0;               // T, as sent (narrowed to 32 bits like every exptime)
+  int32_t vivify_ttl = 0;        // N
+  int32_t recache_ttl = 0;       // R
+  uint32_t client_flags = 0;     // F
+  uint64_t cas = 0;              // C
+  uint64_t delta = 1;            // D (ma)
+  uint64_t initial = 0;          // J (ma)
 
   void Clear() {
     count = 0;

@@ -25,7 +25,6 @@ using protocol::Reply;
 using storage::ItemHeader;
 using storage::LookupStatus;
 
-
 Engine::Engine(storage::Store* store, Clock* clock, EngineOptions options)
     : store_(store), clock_(clock), options_(std::move(options)), start_time_(clock->Now()) {}
 

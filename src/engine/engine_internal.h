@@ -53,8 +53,8 @@ inline storage::ReadOptions ReadOptionsFor(bool allow_disk) {
   return options;
 }
 
-inline Lookup Read(storage::Store* store, std::string_view key, bool allow_disk,
-                   ItemHeader* header, std::string* value) {
+inline Lookup Read(storage::Store* store, std::string_view key, bool allow_disk, ItemHeader* header,
+                   std::string* value) {
   return ToLookup(store->Get(key, ReadOptionsFor(allow_disk), header, value));
 }
 
@@ -85,7 +85,8 @@ inline storage::WriteOptions WriteOptionsFor(const ExecContext& ctx) {
 // memcached never does arithmetic on an empty value or one large enough to be stored in
 // chunks.
 inline bool DeltaCandidate(std::string_view key, const ItemHeader& header, std::string_view value) {
-  return !value.empty() && ItemTotalSize(key.size(), header.flags, value.size()) <= kChunkedItemSize;
+  return !value.empty() &&
+         ItemTotalSize(key.size(), header.flags, value.size()) <= kChunkedItemSize;
 }
 
 // memcached's do_add_delta on a live item: false for a value it will not change (see

@@ -180,7 +180,8 @@ void AppendMetaKey(std::string* out, std::string_view key, bool binary) {
   AppendMetaFlag(out, 'b');
 }
 
-void AppendMetaDebug(std::string* out, std::string_view key, bool binary, const MetaDebugInfo& info) {
+void AppendMetaDebug(std::string* out, std::string_view key, bool binary,
+                     const MetaDebugInfo& info) {
   out->append("ME ");
   if (binary) {
     Base64Encode(key, out);

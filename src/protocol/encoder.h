@@ -56,7 +56,8 @@ struct MetaDebugInfo {
   uint64_t slab_class = 0;
   uint64_t size = 0;
 };
-void AppendMetaDebug(std::string* out, std::string_view key, bool binary, const MetaDebugInfo& info);
+void AppendMetaDebug(std::string* out, std::string_view key, bool binary,
+                     const MetaDebugInfo& info);
 // incr/decr result: "<number>\r\n".
 void AppendNumber(std::string* out, uint64_t number);
 // "VERSION <text>\r\n".

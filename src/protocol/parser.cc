@@ -92,7 +92,6 @@ bool LookupStorage(std::string_view name, StorageCommand* out) {
   return false;
 }
 
-
 CommandType MetaType(std::string_view name) {
   if (name.size() != 2 || name[0] != 'm') return CommandType::kInvalid;
   switch (name[1]) {

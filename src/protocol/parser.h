@@ -51,8 +51,7 @@ class Parser {
   ParseResult ParseMeta(CommandType type, const Tokens& t, std::string_view input, size_t next,
                         Command* cmd);
   // A storage command's data block of value_length bytes plus "\r\n", starting at next.
-  ParseResult ReadDataBlock(std::string_view input, size_t next, size_t value_length,
-                            Command* cmd);
+  ParseResult ReadDataBlock(std::string_view input, size_t next, size_t value_length, Command* cmd);
 
   ParserOptions options_;
   size_t swallow_ = 0;

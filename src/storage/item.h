@@ -10,9 +10,9 @@ namespace petracache::storage {
 
 // Item state bits that the meta commands keep with an item (memcached's it_flags).
 enum ItemBits : uint8_t {
-  kItemStale = 1,       // invalidated by `md <key> I` (or `ms ... I`): readers see X and may win
-  kItemTokenSent = 2,   // a client was handed the recache token (W); later readers see Z
-  kItemKeyBinary = 4,   // stored by `ms ... b`: `mg ... k` returns the key base64-encoded
+  kItemStale = 1,      // invalidated by `md <key> I` (or `ms ... I`): readers see X and may win
+  kItemTokenSent = 2,  // a client was handed the recache token (W); later readers see Z
+  kItemKeyBinary = 4,  // stored by `ms ... b`: `mg ... k` returns the key base64-encoded
 };
 
 // What the store keeps beside each value. Times are Unix seconds.

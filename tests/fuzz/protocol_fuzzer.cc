@@ -11,8 +11,8 @@
 namespace {
 
 using petracache::Command;
-using petracache::protocol::ParseResult;
 using petracache::protocol::Parser;
+using petracache::protocol::ParseResult;
 using petracache::protocol::ParserOptions;
 using petracache::protocol::ParseStatus;
 
@@ -46,10 +46,11 @@ std::vector<std::string> Feed(std::string_view input, size_t step) {
         // A meta command's key is in the input, or decoded (b flag) into the command's own
         // buffer.
         const std::string_view key = cmd.key;
-        const bool in_input = key.data() >= buffer.data() &&
-                              key.data() + key.size() <= buffer.data() + buffer.size();
-        const bool decoded = key.data() >= cmd.key_buffer.data() &&
-                             key.data() + key.size() <= cmd.key_buffer.data() + cmd.key_buffer.size();
+        const bool in_input =
+            key.data() >= buffer.data() && key.data() + key.size() <= buffer.data() + buffer.size();
+        const bool decoded =
+            key.data() >= cmd.key_buffer.data() &&
+            key.data() + key.size() <= cmd.key_buffer.data() + cmd.key_buffer.size();
         if (!key.empty() && !in_input && !decoded) __builtin_trap();
         seen.push_back(std::to_string(static_cast<int>(cmd.type)) + "/" +
                        std::to_string(static_cast<int>(cmd.error)) + "/" + std::string(cmd.key) +
@@ -73,8 +74,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // A close depends on how much was buffered when no newline was seen (as in memcached), so
   // only the commands before a close must agree.
   size_t n = std::min(whole.size(), split.size());
-  bool closed = (!whole.empty() && whole.back() == "close") ||
-                (!split.empty() && split.back() == "close");
+  bool closed =
+      (!whole.empty() && whole.back() == "close") || (!split.empty() && split.back() == "close");
   if (!closed && whole != split) __builtin_trap();
   for (size_t i = 0; i + 1 < n; ++i) {
     if (whole[i] != split[i]) __builtin_trap();

@@ -33,6 +33,7 @@ to --out (default /tmp/petracache-diff).
 """
 
 import argparse
+import base64
 import os
 import random
 import re
@@ -82,6 +83,16 @@ class CasRef:
 
     def __repr__(self):
         return "CasRef(%r)" % self.key
+
+
+class MetaKey:
+    """A meta command's key: the token sent, the key it names (None when the command fails on
+    it), whether it is base64 (the b flag), and why it fails ("long", "b64" or None)."""
+
+    __slots__ = ("token", "raw", "b", "why")
+
+    def __init__(self, token, raw, b, why):
+        self.token, self.raw, self.b, self.why = token, raw, b, why
 
 
 class Op:
@@ -142,6 +153,25 @@ CAS_INVALID = [b"abc", b"-1", b"18446744073709551616", b"1a"]
 BASE_KEYS = [b"a", b"b", b"k1", b"ctr", b"n", b"key:with:colons", b"\xc3\xa9t\xc3\xa9",
              b"K" * 250, b"k\x01x", b"k\x7f", b"k\tt", b"_"]
 STORAGE_CMDS = [b"set"] * 5 + [b"add", b"add", b"replace", b"replace", b"append", b"prepend"]
+
+# Meta commands. T and N take EXPTIME_VALID / EXPTIME_INVALID like exptimes. R (win the
+# recache token when the remaining TTL is below it) must stay far from every TTL an item can
+# have (none, 3600, 2592000, the year 2033): the remaining TTL ticks, and an R at the
+# boundary would depend on the clock.
+META_RECACHE = [b"0", b"-1", b"30", b"100", b"1000", b"7200", b"5000000", b"2100000000"]
+META_INITIAL = [b"0", b"0", b"1", b"42", b"00", b"18446744073709551615", b"18446744073709551614"]
+# Flags no meta command of 1.6.18 knows (h and l are left out: mg's h/l are a deliberate
+# difference); \xff counts as a repeated flag.
+META_UNKNOWN_FLAGS = [b"Z", b"x", b"E", b"S", b"~", b"!", b"Y", b"a", b"1", b"\xff"]
+META_BAD_TOKENS = [b"Tx", b"T", b"T1a", b"T9223372036854775808", b"Nx", b"N", b"Rx", b"Cx",
+                   b"C-1", b"C18446744073709551616", b"Fx", b"F-1", b"MXX", b"M", b"Jx", b"Dx",
+                   b"D-1"]
+# Not base64 (bad characters, missing padding).
+META_BAD_B64 = [b"YWJ", b"YQ", b"!!!!", b"YQ=", b"===="]
+# Keys nothing stores: `me` only ever sees misses (its hit line is a deliberate difference).
+ME_KEYS = [b"me:none", b"me-miss", b"\xc3\xa9me"]
+META_JUNK = [b"mg\r\n", b"mg \r\n", b"ms\r\n", b"md\r\n", b"ma\r\n", b"ms a\r\n",
+             b"mz a\r\n", b"MG a\r\n", b"Mg a v\r\n", b"MN\r\n", b"mgg a\r\n", b"m a\r\n"]
 
 
 def _junk_line(rng):
@@ -435,6 +465,320 @@ class Generator:
                                b"get " + b"a " * 3 + b"\r\n", b"get  a\r\n", b"gat\r\n"])],
                   "junk")
 
+    # -- meta commands --
+
+    def meta_key(self, counters=False):
+        """A key for a meta command: (token, raw key or None, b flag, why it fails). Mostly
+        a key of the pool; sometimes its base64 with the b flag, a key that is too long, or
+        (with b) one that is not base64."""
+        rng = self.rng
+        if counters and rng.random() < 0.7:
+            raw = rng.choice([b"n", b"ctr", b"n", b"ctr", b"a", b"missing"])
+        else:
+            raw = self.key()
+        r = rng.random()
+        if r < 0.03:
+            return MetaKey(self.long_key(), None, False, "long")
+        if r < 0.13:
+            token = base64.b64encode(raw)
+            if len(token) > 250:
+                return MetaKey(token, None, True, "long")
+            return MetaKey(token, raw, True, None)
+        if r < 0.15:
+            return MetaKey(rng.choice(META_BAD_B64), None, True, "b64")
+        return MetaKey(raw, raw, False, None)
+
+    def opaque(self):
+        """An opaque token: at most 32 bytes with its O, rarely longer (an error)."""
+        rng = self.rng
+        if rng.random() < 0.06:
+            n = rng.randrange(32, 40)
+        else:
+            n = rng.choice([0, 1, 2, 4, 8, 31]) if rng.random() < 0.3 else rng.randrange(0, 32)
+        return b"O" + bytes(rng.choice(b"abcxyz0123456789_-:") for _ in range(n))
+
+    def meta_cas(self, raw):
+        """C's value: the CAS this connection last saw for the key (when there is one), a
+        CAS no server hands out, or 0."""
+        if raw is not None and self.rng.random() < 0.7:
+            return CasRef(raw)
+        return self.rng.choice(CAS_WRONG)
+
+    def meta_break(self, flags, ignored=()):
+        """Breaks a flag list: an unknown or repeated flag, a bad token, an over-long opaque
+        or too many flags. Returns (flags, how)."""
+        rng = self.rng
+        flags = list(flags)
+        how = rng.choice(["unknown", "repeat", "token", "token", "opaque", "many"])
+        if how == "unknown":
+            flags.insert(rng.randrange(len(flags) + 1), rng.choice(META_UNKNOWN_FLAGS))
+        elif how == "repeat":
+            plain = [f for f in flags if isinstance(f, bytes)]
+            if plain and rng.random() < 0.8:
+                f = rng.choice(plain)
+                flags.insert(rng.randrange(len(flags) + 1), f[:1] + rng.choice([b"", b"5", f[1:]]))
+            else:
+                flags += [b"k", b"k"]
+        elif how == "token":
+            flags.insert(rng.randrange(len(flags) + 1), rng.choice(META_BAD_TOKENS))
+        elif how == "opaque":
+            flags.insert(rng.randrange(len(flags) + 1),
+                         b"O" + b"9" * rng.randrange(32, 40))
+        else:
+            # (none of them with a TTL that could expire during a run, should the list
+            # come out short and the command run)
+            pad = [b"P", b"L", b"I", b"u", b"s", b"f", b"MS", b"F1", b"D1", b"J1", b"C1",
+                   b"R0", b"N0", b"T0", b"v", b"c", b"k", b"t", b"O1", b"q"] + list(ignored)
+            pad = [p for p in pad if p[:1] not in {f[:1] for f in flags if isinstance(f, bytes)}]
+            rng.shuffle(pad)
+            while len(flags) < 19 and pad:
+                flags.append(pad.pop())
+        return flags, how
+
+    @staticmethod
+    def meta_parts(head, flags, tail=b"\r\n"):
+        """Request parts: head, then each flag after a space; a flag is bytes or (prefix,
+        CasRef)."""
+        parts = [head]
+        for f in flags:
+            if isinstance(f, tuple):
+                parts += [b" " + f[0], f[1]]
+            else:
+                parts.append(b" " + f)
+        parts.append(tail)
+        return parts
+
+    def cas_capture(self, raw):
+        """A request that shows the CAS of raw on this connection (mg c k, or gets)."""
+        rng = self.rng
+        if rng.random() < 0.3:
+            return Op([b"gets %s\r\n" % raw], "gets", reads=[raw])
+        flags = [b"c", b"k"] + ([b"v"] if rng.random() < 0.5 else [])
+        rng.shuffle(flags)
+        return Op(self.meta_parts(b"mg " + raw, flags), "mg-cas", reads=[raw])
+
+    def op_mg(self):
+        rng = self.rng
+        mk = self.meta_key()
+        flags = [f for f, p in ((b"v", 0.6), (b"f", 0.3), (b"t", 0.25), (b"s", 0.25),
+                                (b"c", 0.3), (b"k", 0.35), (b"q", 0.12), (b"u", 0.1))
+                 if rng.random() < p]
+        if rng.random() < 0.2:
+            flags.append(self.opaque())
+        if rng.random() < 0.12:
+            flags.append(b"T" + rng.choice(EXPTIME_VALID))
+        if rng.random() < 0.1:
+            flags.append(b"N" + rng.choice(EXPTIME_VALID))
+        if rng.random() < 0.1:
+            flags.append(b"R" + rng.choice(META_RECACHE))
+        if rng.random() < 0.04:  # parsed and ignored by mg
+            flags.append(rng.choice([b"P", b"L", b"I", b"C5", b"F5", b"D5", b"J5", b"MS"]))
+        if mk.b:
+            flags.append(b"b")
+        rng.shuffle(flags)
+        what = "mg"
+        if rng.random() < 0.1:
+            flags, how = self.meta_break(flags)
+            what = "mg-" + how
+        if rng.random() < 0.015:
+            return Op([rng.choice([b"mg\r\n", b"mg \r\n"])], "mg-nokey")
+        return Op(self.meta_parts(b"mg " + mk.token, flags), what,
+                  reads=[mk.raw] if mk.raw is not None else [])
+
+    def _ms_flags(self, mk):
+        rng = self.rng
+        flags = []
+        client_flags = b"0"
+        if rng.random() < 0.45:
+            flags.append(rng.choice([b"MS", b"ME", b"ME", b"MR", b"MA", b"MA", b"MP"]))
+        if rng.random() < 0.3:
+            client_flags = rng.choice(FLAGS_VALID)
+            flags.append(b"F" + client_flags)
+        if rng.random() < 0.3:
+            flags.append(b"T" + rng.choice(EXPTIME_VALID))
+        cas = None
+        if rng.random() < 0.25:
+            cas = self.meta_cas(mk.raw)
+            flags.append((b"C", cas) if isinstance(cas, CasRef) else b"C" + cas)
+            if rng.random() < 0.35:
+                flags.append(b"I")
+        for f, p in ((b"q", 0.15), (b"k", 0.3), (b"c", 0.3)):
+            if rng.random() < p:
+                flags.append(f)
+        if rng.random() < 0.2:
+            flags.append(self.opaque())
+        if rng.random() < 0.04:  # parsed and ignored by ms
+            flags.append(rng.choice([b"v", b"s", b"t", b"f", b"u", b"P", b"L", b"h", b"l"]))
+        if mk.b:
+            flags.append(b"b")
+        rng.shuffle(flags)
+        return flags, client_flags, cas
+
+    def op_ms(self):
+        rng = self.rng
+        mk = self.meta_key()
+        flags, client_flags, cas = self._ms_flags(mk)
+        if mk.raw is None or any(f[:1] == b"O" and len(f) > 32 for f in flags
+                                 if isinstance(f, bytes)):
+            return self._ms_junk(mk, flags, "ms-badkey" if mk.raw is None else "ms-opaque")
+        if mk.raw in (b"n", b"ctr", b"a") and rng.random() < 0.25:
+            value = rng.choice(NUMERIC_VALUES)
+        else:
+            value = self.value(mk.raw, self.narrowed(client_flags))
+        length = b"%d" % len(value)
+        if rng.random() < 0.03:
+            length = b"%d" % (len(value) + (1 << 32))  # narrowed to 32 bits, like set's
+        op = Op(self.meta_parts(b"ms %s %s" % (mk.token, length), flags) + [value, b"\r\n"],
+                "ms")
+        if isinstance(cas, CasRef) and rng.random() < 0.5:
+            return [self.cas_capture(mk.raw), op]
+        return op
+
+    def _ms_junk(self, mk, flags, what, length=None):
+        """An ms that fails. Its data block is lines of junk: swallowed as a block (errors
+        found once the length is known) or run as commands (errors before), each an ERROR."""
+        data = _junk_data(self.rng)
+        if length is None:
+            length = b"%d" % (len(data) - 2)
+        return Op(self.meta_parts(b"ms %s %s" % (mk.token, length), flags) + [data], what)
+
+    def op_ms_bad(self):
+        rng = self.rng
+        mk = self.meta_key()
+        if mk.raw is None:
+            raw = self.key()
+            mk = MetaKey(raw, raw, False, None)
+        how = rng.choice(["flags", "flags", "flags", "length", "nolength", "mode", "key",
+                          "chunk", "large"])
+        flags, client_flags, _ = self._ms_flags(mk)
+        if how == "flags":
+            flags, why = self.meta_break(flags, ignored=[b"h", b"l"])
+            return self._ms_junk(mk, flags, "ms-" + why)
+        if how == "length":
+            return self._ms_junk(mk, flags, "ms-length", rng.choice(LENGTH_INVALID))
+        if how == "nolength":
+            return Op([b"ms %s\r\n" % mk.token], "ms-nolength")
+        if how == "mode":
+            flags = [f for f in flags if not (isinstance(f, bytes) and f[:1] == b"M")]
+            flags.insert(rng.randrange(len(flags) + 1),
+                         rng.choice([b"MX", b"Ms", b"Me", b"MI", b"M+", b"MD"]))
+            return self._ms_junk(mk, flags, "ms-mode")
+        if how == "key":
+            if rng.random() < 0.5:
+                mk = MetaKey(self.long_key(), None, False, "long")
+            else:
+                mk = MetaKey(rng.choice(META_BAD_B64), None, True, "b64")
+                flags = [f for f in flags if f != b"b"] + [b"b"]
+            return self._ms_junk(mk, flags, "ms-key")
+        if how == "chunk":
+            n = rng.randrange(0, 20)
+            if rng.random() < 0.5:
+                data = bytes(rng.choice(b"abcxyz") for _ in range(n + rng.randrange(1, 5)))
+                data += b"\r\n"
+            else:
+                data = bytes(rng.choice(b"abcxyz") for _ in range(n)) + b"\nq\r\n"
+            return Op(self.meta_parts(b"ms %s %d" % (mk.token, n), flags) + [data], "ms-chunk")
+        # too large: the data block is swallowed (and the old value removed).
+        limit = item_limit(mk.raw, self.narrowed(client_flags))
+        size = rng.choice([limit + 1, limit + 2, limit + 5, limit + rng.randrange(1, 500),
+                           2 * ITEM_SIZE_MAX, ITEM_SIZE_MAX])
+        value = bytes([rng.randrange(0x61, 0x7B)]) * size
+        return Op(self.meta_parts(b"ms %s %d" % (mk.token, size), flags) + [value, b"\r\n"],
+                  "ms-large")
+
+    def op_md(self):
+        rng = self.rng
+        mk = self.meta_key()
+        flags = [f for f, p in ((b"q", 0.15), (b"k", 0.35)) if rng.random() < p]
+        if rng.random() < 0.2:
+            flags.append(self.opaque())
+        if rng.random() < 0.2:
+            cas = self.meta_cas(mk.raw)
+            flags.append((b"C", cas) if isinstance(cas, CasRef) else b"C" + cas)
+        stale = rng.random() < 0.25
+        if stale:
+            flags.append(b"I")
+        if rng.random() < (0.5 if stale else 0.1):
+            flags.append(b"T" + rng.choice(EXPTIME_VALID))
+        if rng.random() < 0.04:  # parsed and ignored by md
+            flags.append(rng.choice([b"MX", b"F1", b"s", b"v", b"t", b"u", b"N0", b"h"]))
+        if mk.b:
+            flags.append(b"b")
+        rng.shuffle(flags)
+        what = "md"
+        if rng.random() < 0.08:
+            flags, how = self.meta_break(flags)
+            what = "md-" + how
+        if rng.random() < 0.015:
+            return Op([b"md\r\n"], "md-nokey")
+        return Op(self.meta_parts(b"md " + mk.token, flags), what)
+
+    def op_ma(self):
+        rng = self.rng
+        mk = self.meta_key(counters=True)
+        flags = []
+        if rng.random() < 0.4:
+            flags.append(rng.choice([b"MI", b"M+", b"MD", b"M-"]))
+        if rng.random() < 0.5:
+            flags.append(b"D" + rng.choice(DELTAS))
+        vivify = rng.random() < 0.2
+        if vivify:
+            flags.append(b"N" + rng.choice(EXPTIME_VALID))
+        if rng.random() < (0.6 if vivify else 0.05):
+            flags.append(b"J" + rng.choice(META_INITIAL))
+        if rng.random() < 0.1:
+            cas = self.meta_cas(mk.raw)
+            flags.append((b"C", cas) if isinstance(cas, CasRef) else b"C" + cas)
+        if rng.random() < 0.1:
+            flags.append(b"T" + rng.choice(EXPTIME_VALID))
+        for f, p in ((b"q", 0.12), (b"v", 0.5), (b"t", 0.2), (b"c", 0.25), (b"k", 0.3)):
+            if rng.random() < p:
+                flags.append(f)
+        if rng.random() < 0.15:
+            flags.append(self.opaque())
+        if rng.random() < 0.03:  # parsed and ignored by ma
+            flags.append(rng.choice([b"F1", b"s", b"f", b"u", b"I", b"R5", b"h", b"l"]))
+        if mk.b:
+            flags.append(b"b")
+        rng.shuffle(flags)
+        what = "ma"
+        r = rng.random()
+        if r < 0.03:
+            flags = [f for f in flags if not (isinstance(f, bytes) and f[:1] == b"M")]
+            flags.append(rng.choice([b"MX", b"Md", b"MS", b"MDD"]))
+            what = "ma-mode"
+        elif r < 0.1:
+            flags, how = self.meta_break(flags)
+            what = "ma-" + how
+        if rng.random() < 0.015:
+            return Op([b"ma\r\n"], "ma-nokey")
+        return Op(self.meta_parts(b"ma " + mk.token, flags), what, arith=mk.raw)
+
+    def op_mn(self):
+        return Op([b"mn\r\n" if self.rng.random() < 0.9 else b"mn x\r\n"], "mn")
+
+    def op_me(self):
+        """me on keys nothing stores (EN), and its format errors; never a hit."""
+        rng = self.rng
+        key = rng.choice(ME_KEYS)
+        r = rng.random()
+        if r < 0.5:
+            line = b"me %s\r\n" % key
+        elif r < 0.65:
+            line = b"me %s b\r\n" % base64.b64encode(key)
+        elif r < 0.72:
+            line = b"me %s x y\r\n" % key
+        elif r < 0.82:
+            line = b"me %s\r\n" % self.long_key()
+        elif r < 0.9:
+            line = b"me %s b\r\n" % rng.choice(META_BAD_B64)
+        else:
+            line = rng.choice([b"me\r\n", b"me \r\n", b"ME %s\r\n" % key])
+        return Op([line], "me")
+
+    def op_meta_junk(self):
+        return Op([self.rng.choice(META_JUNK)], "meta-junk")
+
     def sequence(self):
         rng = self.rng
         makers = [
@@ -444,6 +788,8 @@ class Generator:
             (self.op_delete, 6), (self.op_counter, 4), (self.op_arith, 9), (self.op_touch, 5),
             (self.op_flush, 0.5),
             (self.op_misc, 5),
+            (self.op_mg, 12), (self.op_ms, 10), (self.op_ms_bad, 3), (self.op_md, 4),
+            (self.op_ma, 6), (self.op_mn, 1.5), (self.op_me, 1), (self.op_meta_junk, 0.5),
         ]
         total = sum(w for _, w in makers)
         ops = []
@@ -473,6 +819,43 @@ class Generator:
 
 _VALUE_RE = re.compile(rb"VALUE ([^ ]+) (\d+) (\d+)(?: (\d+))?\r\n\Z", re.S)
 _VERSION_RE = re.compile(rb"VERSION 1\.6\.18(?: petracache-[^ \r\n]+)?\r\n\Z")
+# A meta reply with a data block (mg ... v, ma ... v): VA <length> <return flags>*
+_VA_RE = re.compile(rb"VA (\d+)(?: [^\r\n]*)?\r\n\Z")
+_META_STATUS = (b"HD", b"VA", b"EN", b"NS", b"EX", b"NF")
+# Remaining TTLs (mg/ma t) tick with the clock: the two servers' may differ by this much.
+TTL_SLACK = 3
+
+
+def meta_flags(line):
+    """The return flags of a meta status line (HD VA EN NS EX NF), or None for any other
+    line. Flags are space-separated; a k<key> flag may be followed by a lone `b` (the key is
+    base64)."""
+    if not line.endswith(b"\r\n"):
+        return None
+    toks = line[:-2].split(b" ")
+    if toks[0] not in _META_STATUS:
+        return None
+    return toks[2:] if toks[0] == b"VA" else toks[1:]
+
+
+def meta_cas_capture(line):
+    """(key, CAS) from a meta reply that has both a k<key> and a c<cas> flag, else None:
+    without k the reply does not say whose CAS it is."""
+    flags = meta_flags(line)
+    if not flags:
+        return None
+    key = cas = None
+    for i, f in enumerate(flags):
+        if f[:1] == b"k" and key is None:
+            key = f[1:]
+            if flags[i + 1:i + 2] == [b"b"]:
+                try:
+                    key = base64.b64decode(key, validate=True)
+                except ValueError:
+                    return None
+        elif f[:1] == b"c" and f[1:].isdigit():
+            cas = f[1:]
+    return (key, cas) if key is not None and cas is not None else None
 
 
 class Lane:
@@ -484,8 +867,9 @@ class Lane:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.buf = b""
-        self.need = None      # bytes of a VALUE data block still expected
+        self.need = None      # bytes of a VALUE / VA data block still expected
         self.header = None
+        self.kind = None      # "VALUE" or "VA"
         self.tokens = []
         self.caps = {}        # key -> last CAS seen on this connection
         self.closed = False
@@ -506,10 +890,13 @@ class Lane:
                     break
                 data = buf[pos:pos + self.need]
                 pos += self.need
-                self.tokens.append(("VALUE", self.header, data))
-                m = _VALUE_RE.match(self.header)
-                if m.group(4) is not None:
-                    self.caps[m.group(1)] = m.group(4)
+                self.tokens.append((self.kind, self.header, data))
+                if self.kind == "VALUE":
+                    m = _VALUE_RE.match(self.header)
+                    if m.group(4) is not None:
+                        self.caps[m.group(1)] = m.group(4)
+                else:
+                    self.capture_meta(self.header)
                 self.need = None
                 continue
             i = buf.find(b"\r\n", pos)
@@ -519,35 +906,83 @@ class Lane:
             pos = i + 2
             m = _VALUE_RE.match(line)
             if m:
-                self.header = line
+                self.header, self.kind = line, "VALUE"
                 self.need = int(m.group(3)) + 2
                 continue
+            m = _VA_RE.match(line)
+            if m:
+                self.header, self.kind = line, "VA"
+                self.need = int(m.group(1)) + 2
+                continue
             self.tokens.append(("LINE", line))
+            self.capture_meta(line)
         self.buf = buf[pos:]
+
+    def capture_meta(self, line):
+        cap = meta_cas_capture(line)
+        if cap:
+            self.caps[cap[0]] = cap[1]
 
     def versions(self):
         return sum(1 for t in self.tokens if t[0] == "LINE" and t[1].startswith(b"VERSION "))
 
 
-def normalize(tokens):
+def normalize_meta(line, ttls=None):
+    """A meta status line with its CAS values (c<n>, n != 0) and remaining TTLs (t<n>) taken
+    out; the TTLs go to ttls. A t that is 2^31 or more is memcached's unsigned print of an
+    item that a T in the same request expired (1 - its clock, which counts from its start):
+    only that it is one is compared."""
+    flags = meta_flags(line)
+    if flags is None:
+        return line
+    toks = line[:-2].split(b" ")
+    out = toks[:len(toks) - len(flags)]  # the status (and VA's length)
+    for f in flags:
+        if f[:1] == b"c" and f[1:].isdigit() and f[1:] != b"0":
+            f = b"c{cas}"
+        elif f[:1] == b"t" and f[1:].isdigit():
+            n = int(f[1:])
+            if n >= 1 << 31:
+                f = b"t{expired}"
+            else:
+                f = b"t{ttl}"
+                if ttls is not None:
+                    ttls.append(n)
+        out.append(f)
+    return b" ".join(out) + b"\r\n"
+
+
+def normalize(tokens, ttls=None):
     """What must be equal between the servers: CAS values, the VERSION text and STAT lines
-    (all of them) are taken out."""
+    (all of them) are taken out, and the remaining TTLs of meta replies (they go to ttls,
+    compared within TTL_SLACK)."""
     out = []
     for t in tokens:
         if t[0] == "VALUE":
             m = _VALUE_RE.match(t[1])
             cas = b" {cas}" if m.group(4) is not None else b""
             out.append(b"VALUE %s %s %s%s\r\n" % (m.group(1), m.group(2), m.group(3), cas) + t[2])
+        elif t[0] == "VA":
+            out.append(normalize_meta(t[1], ttls) + t[2])
         elif t[0] == "LINE":
             line = t[1]
             if line.startswith(b"STAT "):
                 continue
             if _VERSION_RE.match(line):
                 line = b"VERSION 1.6.18{any}\r\n"
+            else:
+                line = normalize_meta(line, ttls)
             out.append(line)
         else:
             out.append(b"{%s}" % t[0].lower().encode())
     return out
+
+
+def same_replies(a_tokens, b_tokens):
+    ta, tb = [], []
+    if normalize(a_tokens, ta) != normalize(b_tokens, tb):
+        return False
+    return all(abs(x - y) <= TTL_SLACK for x, y in zip(ta, tb))
 
 
 def _clip(b, n=300):
@@ -563,7 +998,15 @@ class Divergence:
         self.b_tokens = b_tokens
 
     def describe(self, names):
-        na, nb = normalize(self.a_tokens), normalize(self.b_tokens)
+        ta, tb = [], []
+        na, nb = normalize(self.a_tokens, ta), normalize(self.b_tokens, tb)
+        if na == nb:
+            # Only the remaining TTLs differ (by more than TTL_SLACK).
+            lines = ["batch %d (commands %d..%d): remaining TTLs (t flags) differ" % (
+                self.batch_index, self.op_range[0], self.op_range[1] - 1)]
+            for name, ttls in ((names[0], ta), (names[1], tb)):
+                lines.append("  %s: %s" % (name, " ".join("t%d" % n for n in ttls)))
+            return "\n".join(lines)
         i = 0
         while i < min(len(na), len(nb)) and na[i] == nb[i]:
             i += 1
@@ -737,7 +1180,7 @@ def run_ops(servers, ops, seed=0, verbose=False, names=("memcached", "petracache
                 for lane, r in zip(lanes, res):
                     print("  < %s: %s" % (lane.name, " | ".join(
                         _clip(t, 120) for t in normalize(r.tokens))))
-            if normalize(res[0].tokens) != normalize(res[1].tokens):
+            if not same_replies(res[0].tokens, res[1].tokens):
                 outcome.divergence = Divergence(bi, (index, index + len(batch)),
                                                 res[0].tokens, res[1].tokens)
                 return outcome
@@ -870,6 +1313,29 @@ def _esc(data):
     return s
 
 
+def _golden_meta(line, names, counter):
+    """A meta status line as golden text: a CAS is {cas:name} when the line names its key
+    (k, as the lanes capture it), else {num}; a remaining TTL is {num}."""
+    flags = meta_flags(line)
+    toks = line[:-2].split(b" ")
+    out = [_esc(t) for t in toks[:len(toks) - len(flags)]]
+    cap = meta_cas_capture(line)
+    for f in flags:
+        if f[:1] == b"c" and f[1:].isdigit() and f[1:] != b"0":
+            if cap:
+                counter[0] += 1
+                name = "c%d" % counter[0]
+                names[cap[0]] = name
+                out.append("c{cas:%s}" % name)
+            else:
+                out.append("c{num}")
+        elif f[:1] == b"t" and f[1:].isdigit():
+            out.append("t{num}")
+        else:
+            out.append(_esc(f))
+    return " ".join(out) + "\\r\\n"
+
+
 def golden_text(outcome, seed, note, durability=None):
     """A golden transcript of the sequence, expecting memcached's replies (lane 0)."""
     lines = ["# Differential testing, seed %d: petracache's replies differed from memcached "
@@ -904,6 +1370,8 @@ def golden_text(outcome, seed, note, durability=None):
                     names[m.group(1)] = name
                     head += " {cas:%s}" % name
                 lines.append("< " + head + "\\r\\n" + _esc(t[2]))
+            elif t[0] == "VA":
+                lines.append("< " + _golden_meta(t[1], names, counter) + _esc(t[2]))
             elif t[0] == "LINE":
                 if t[1].startswith(b"STAT "):
                     if not lines[-1].endswith("{stats}"):
@@ -911,6 +1379,8 @@ def golden_text(outcome, seed, note, durability=None):
                     continue
                 if _VERSION_RE.match(t[1]):
                     lines.append("< VERSION 1.6.18{any}\\r\\n")
+                elif meta_flags(t[1]) is not None:
+                    lines.append("< " + _golden_meta(t[1], names, counter))
                 else:
                     lines.append("< " + _esc(t[1]))
             elif t[0] == "CLOSE":

@@ -555,9 +555,9 @@ TEST_F(EngineConcurrencyTest, ExactlyOneClientWinsEachRecacheToken) {
     // A miss with N, a TTL under R, and an invalidated item: each hands out one W.
     const std::string k = absl::StrCat("r", round);
     Run(absl::StrCat("ms ", k, "t 1 T10\r\nx\r\nms ", k, "s 1\r\nx\r\nmd ", k, "s I\r\n"));
-    for (const std::string& req : {absl::StrCat("mg ", k, "n N30\r\n"),
-                                  absl::StrCat("mg ", k, "t R30\r\n"),
-                                  absl::StrCat("mg ", k, "s\r\n")}) {
+    for (const std::string& req :
+         {absl::StrCat("mg ", k, "n N30\r\n"), absl::StrCat("mg ", k, "t R30\r\n"),
+          absl::StrCat("mg ", k, "s\r\n")}) {
       std::atomic<int> won{0};
       RunThreads(8, [&](int, auto& exec) {
         if (exec(req).find(" W") != std::string::npos) won++;

@@ -280,28 +280,30 @@ TEST(ParserTest, UnknownAndMalformedLines) {
 }
 
 TEST(ParserTest, MetaCommands) {
-  ExpectParses("mn\r\nmn extra\r\nmg k\r\nmg k v t O12 q\r\nms k 2 T30 F5 ME q\r\nhi\r\n"
-               "md k I T-1 C9\r\nma k MD D7 N0 J3\r\nme k\r\nme YWJj b\r\nmg YWJj b k\r\n",
-               {"mn", "mn", "mg key=k", "mg key=k meta=v,t,O12,q q",
-                "ms key=k data=hi meta=T30,F5,ME,q q T=30 M=E F=5",
-                "md key=k meta=I,T-1,C9 T=-1 C=9", "ma key=k meta=MD,D7,N0,J3 N=0 M=D D=7 J=3",
-                "me key=k", "me key=abc b64", "mg key=abc meta=b,k b64"});
+  ExpectParses(
+      "mn\r\nmn extra\r\nmg k\r\nmg k v t O12 q\r\nms k 2 T30 F5 ME q\r\nhi\r\n"
+      "md k I T-1 C9\r\nma k MD D7 N0 J3\r\nme k\r\nme YWJj b\r\nmg YWJj b k\r\n",
+      {"mn", "mn", "mg key=k", "mg key=k meta=v,t,O12,q q",
+       "ms key=k data=hi meta=T30,F5,ME,q q T=30 M=E F=5", "md key=k meta=I,T-1,C9 T=-1 C=9",
+       "ma key=k meta=MD,D7,N0,J3 N=0 M=D D=7 J=3", "me key=k", "me key=abc b64",
+       "mg key=abc meta=b,k b64"});
 }
 
 TEST(ParserTest, MetaErrorsKeepTheStreamInSync) {
   // mg: every preparse message as memcached gives it; the first unknown or repeated flag wins.
-  ExpectParses("mg\r\nmg k zz\r\nmg k v v\r\nmg k T\r\nmg k Fx\r\nmg k MXX\r\n"
-               "mg k Jx\r\nmg k Dx\r\nmg k h\r\nmg k b\r\nmg k b zz\r\n",
-               {"mg !ERROR", "mg !CLIENT_ERROR invalid flag key=k meta=zz",
-                "mg !CLIENT_ERROR duplicate flag key=k meta=v",
-                "mg !CLIENT_ERROR bad token in command line format key=k meta=T",
-                "mg !CLIENT_ERROR bad command line format key=k meta=Fx",
-                "mg !CLIENT_ERROR incorrect length for M token key=k meta=MXX",
-                "mg !CLIENT_ERROR invalid numeric initial value key=k meta=Jx",
-                "mg !CLIENT_ERROR invalid numeric delta value key=k meta=Dx D=0",
-                "mg !CLIENT_ERROR invalid flag key=k meta=h",
-                "mg !CLIENT_ERROR error decoding key meta=b b64",
-                "mg !CLIENT_ERROR invalid flag meta=b,zz b64"});
+  ExpectParses(
+      "mg\r\nmg k zz\r\nmg k v v\r\nmg k T\r\nmg k Fx\r\nmg k MXX\r\n"
+      "mg k Jx\r\nmg k Dx\r\nmg k h\r\nmg k b\r\nmg k b zz\r\n",
+      {"mg !ERROR", "mg !CLIENT_ERROR invalid flag key=k meta=zz",
+       "mg !CLIENT_ERROR duplicate flag key=k meta=v",
+       "mg !CLIENT_ERROR bad token in command line format key=k meta=T",
+       "mg !CLIENT_ERROR bad command line format key=k meta=Fx",
+       "mg !CLIENT_ERROR incorrect length for M token key=k meta=MXX",
+       "mg !CLIENT_ERROR invalid numeric initial value key=k meta=Jx",
+       "mg !CLIENT_ERROR invalid numeric delta value key=k meta=Dx D=0",
+       "mg !CLIENT_ERROR invalid flag key=k meta=h",
+       "mg !CLIENT_ERROR error decoding key meta=b b64",
+       "mg !CLIENT_ERROR invalid flag meta=b,zz b64"});
   // md and ma: one message for every preparse failure.
   ExpectParses("md k zz\r\nma k Dx\r\nma k MX\r\nmd k O123456789012345678901234567890123\r\n",
                {"md !CLIENT_ERROR invalid or duplicate flag key=k meta=zz",
@@ -318,10 +320,11 @@ TEST(ParserTest, MetaErrorsKeepTheStreamInSync) {
                 "ms !CLIENT_ERROR bad data chunk key=k", "invalid !ERROR", "mn"});
   // Too many flags: 18 after mg's key, 17 after ms's length (memcached counts 20 tokens with
   // its terminal one).
-  ExpectParses("mg k a b c d e f g h i j k l m n o p q r\r\n"
-               "ms k 1 a b c d e f g h i j k l m n o p q\r\n",
-               {"mg !CLIENT_ERROR options flags are too long key=k",
-                "ms !CLIENT_ERROR options flags too long key=k"});
+  ExpectParses(
+      "mg k a b c d e f g h i j k l m n o p q r\r\n"
+      "ms k 1 a b c d e f g h i j k l m n o p q\r\n",
+      {"mg !CLIENT_ERROR options flags are too long key=k",
+       "ms !CLIENT_ERROR options flags too long key=k"});
 }
 
 TEST(ParserTest, MetaSetTooLargeSwallowsTheBlock) {

@@ -84,7 +84,8 @@ TEST(CachingStoreTest, ServesHitsWithoutTheInnerStore) {
   FakeClock clock;
   PausingStore inner(&clock);
   CachingStore cache(&inner, &clock, 1 << 20);
-  ASSERT_TRUE(cache.Put("k", ItemHeader{.flags = 7, .exptime = 0, .cas = 1, .write_time = 0}, "v1").ok());
+  ASSERT_TRUE(
+      cache.Put("k", ItemHeader{.flags = 7, .exptime = 0, .cas = 1, .write_time = 0}, "v1").ok());
   EXPECT_EQ(GetValue(cache, "k"), "v1");
   EXPECT_EQ(inner.gets.load(), 0);
   ItemHeader h;
@@ -100,7 +101,8 @@ TEST(CachingStoreTest, ServesHitsWithoutTheInnerStore) {
 TEST(CachingStoreTest, FillsOnMissThenHits) {
   FakeClock clock;
   PausingStore inner(&clock);
-  ASSERT_TRUE(inner.Put("k", ItemHeader{.flags = 0, .exptime = 0, .cas = 1, .write_time = 0}, "disk").ok());
+  ASSERT_TRUE(
+      inner.Put("k", ItemHeader{.flags = 0, .exptime = 0, .cas = 1, .write_time = 0}, "disk").ok());
   CachingStore cache(&inner, &clock, 1 << 20);
   EXPECT_EQ(GetValue(cache, "k"), "disk");
   EXPECT_EQ(GetValue(cache, "k"), "disk");
@@ -116,13 +118,15 @@ TEST(CachingStoreTest, FillsOnMissThenHits) {
 TEST(CachingStoreTest, StaleFillAfterAConcurrentWriteIsDropped) {
   FakeClock clock;
   PausingStore inner(&clock);
-  ASSERT_TRUE(inner.Put("k", ItemHeader{.flags = 0, .exptime = 0, .cas = 1, .write_time = 0}, "old").ok());
+  ASSERT_TRUE(
+      inner.Put("k", ItemHeader{.flags = 0, .exptime = 0, .cas = 1, .write_time = 0}, "old").ok());
   CachingStore cache(&inner, &clock, 1 << 20);
   inner.PauseNextGet();
   std::string read_by_reader;
   std::thread reader([&] { read_by_reader = GetValue(cache, "k"); });
   inner.WaitUntilPaused();
-  ASSERT_TRUE(cache.Put("k", ItemHeader{.flags = 0, .exptime = 0, .cas = 2, .write_time = 0}, "new").ok());
+  ASSERT_TRUE(
+      cache.Put("k", ItemHeader{.flags = 0, .exptime = 0, .cas = 2, .write_time = 0}, "new").ok());
   inner.Resume();
   reader.join();
   EXPECT_EQ(read_by_reader, "old");  // it overlapped the write: either answer is linearizable
@@ -130,7 +134,8 @@ TEST(CachingStoreTest, StaleFillAfterAConcurrentWriteIsDropped) {
   // Same for a delete.
   inner.PauseNextGet();
   ASSERT_TRUE(cache.Delete("k").ok());
-  ASSERT_TRUE(inner.Put("j", ItemHeader{.flags = 0, .exptime = 0, .cas = 3, .write_time = 0}, "j").ok());
+  ASSERT_TRUE(
+      inner.Put("j", ItemHeader{.flags = 0, .exptime = 0, .cas = 3, .write_time = 0}, "j").ok());
   std::thread reader2([&] { read_by_reader = GetValue(cache, "j"); });
   inner.WaitUntilPaused();
   ASSERT_TRUE(cache.Delete("j").ok());
@@ -161,8 +166,11 @@ TEST(CachingStoreTest, JudgesExpiryAndFlushOnHits) {
   FakeClock clock(1000);
   MemoryStore inner(&clock);
   CachingStore cache(&inner, &clock, 1 << 20);
-  ASSERT_TRUE(cache.Put("e", ItemHeader{.flags = 0, .exptime = 1010, .cas = 1, .write_time = 1000}, "e").ok());
-  ASSERT_TRUE(cache.Put("f", ItemHeader{.flags = 0, .exptime = 0, .cas = 2, .write_time = 1000}, "f").ok());
+  ASSERT_TRUE(
+      cache.Put("e", ItemHeader{.flags = 0, .exptime = 1010, .cas = 1, .write_time = 1000}, "e")
+          .ok());
+  ASSERT_TRUE(
+      cache.Put("f", ItemHeader{.flags = 0, .exptime = 0, .cas = 2, .write_time = 1000}, "f").ok());
   ItemHeader h;
   std::string v;
   clock.Set(1010);
@@ -173,7 +181,8 @@ TEST(CachingStoreTest, JudgesExpiryAndFlushOnHits) {
   clock.Set(1020);
   EXPECT_EQ(*cache.Get("f", ReadOptions{}, &h, &v), LookupStatus::kFlushed);
   // An immediate flush empties the tier.
-  ASSERT_TRUE(cache.Put("g", ItemHeader{.flags = 0, .exptime = 0, .cas = 5, .write_time = 1020}, "g").ok());
+  ASSERT_TRUE(
+      cache.Put("g", ItemHeader{.flags = 0, .exptime = 0, .cas = 5, .write_time = 1020}, "g").ok());
   ASSERT_TRUE(cache.SetFlushState(FlushState{1019, 6}).ok());
   EXPECT_EQ(cache.CacheStats().items, 0u);
   EXPECT_EQ(*cache.Get("g", ReadOptions{}, &h, &v), LookupStatus::kFlushed);
@@ -185,7 +194,9 @@ TEST(CachingStoreTest, CountsAnItemFlushedAndExpiredAsFlushed) {
   FakeClock clock(1000);
   MemoryStore inner(&clock);
   CachingStore cache(&inner, &clock, 1 << 20);
-  ASSERT_TRUE(cache.Put("k", ItemHeader{.flags = 0, .exptime = 1010, .cas = 1, .write_time = 1000}, "v").ok());
+  ASSERT_TRUE(
+      cache.Put("k", ItemHeader{.flags = 0, .exptime = 1010, .cas = 1, .write_time = 1000}, "v")
+          .ok());
   ASSERT_TRUE(cache.SetFlushState(FlushState{1005, 0}).ok());  // delayed: the tier keeps "k"
   ASSERT_EQ(cache.CacheStats().items, 1u);
   clock.Set(1010);
@@ -201,9 +212,11 @@ TEST(CachingStoreTest, OverwritesReplaceHeaderAndValue) {
   FakeClock clock;
   PausingStore inner(&clock);
   CachingStore cache(&inner, &clock, 1 << 20);
-  ASSERT_TRUE(cache.Put("k", ItemHeader{.flags = 1, .exptime = 0, .cas = 1, .write_time = 0}, "aaaa").ok());
+  ASSERT_TRUE(
+      cache.Put("k", ItemHeader{.flags = 1, .exptime = 0, .cas = 1, .write_time = 0}, "aaaa").ok());
   const uint64_t bytes = cache.CacheStats().bytes;
-  ASSERT_TRUE(cache.Put("k", ItemHeader{.flags = 2, .exptime = 0, .cas = 2, .write_time = 0}, "bbbb").ok());
+  ASSERT_TRUE(
+      cache.Put("k", ItemHeader{.flags = 2, .exptime = 0, .cas = 2, .write_time = 0}, "bbbb").ok());
   ItemHeader h;
   std::string v;
   ASSERT_EQ(*cache.Get("k", ReadOptions{}, &h, &v), LookupStatus::kFound);
@@ -211,7 +224,8 @@ TEST(CachingStoreTest, OverwritesReplaceHeaderAndValue) {
   EXPECT_EQ(h.cas, 2u);
   EXPECT_EQ(v, "bbbb");
   EXPECT_EQ(cache.CacheStats().bytes, bytes);
-  ASSERT_TRUE(cache.Put("k", ItemHeader{.flags = 3, .exptime = 0, .cas = 3, .write_time = 0}, "cc").ok());
+  ASSERT_TRUE(
+      cache.Put("k", ItemHeader{.flags = 3, .exptime = 0, .cas = 3, .write_time = 0}, "cc").ok());
   ASSERT_EQ(*cache.Get("k", ReadOptions{}, &h, &v), LookupStatus::kFound);
   EXPECT_EQ(h.cas, 3u);
   EXPECT_EQ(v, "cc");
@@ -226,7 +240,9 @@ TEST(CachingStoreTest, VisitHandsOutHitsInPlace) {
   FakeClock clock;
   PausingStore inner(&clock);
   CachingStore cache(&inner, &clock, 1 << 20);
-  ASSERT_TRUE(cache.Put("k", ItemHeader{.flags = 9, .exptime = 0, .cas = 3, .write_time = 0}, "value").ok());
+  ASSERT_TRUE(
+      cache.Put("k", ItemHeader{.flags = 9, .exptime = 0, .cas = 3, .write_time = 0}, "value")
+          .ok());
   int visits = 0;
   auto r = cache.Visit("k", ReadOptions{}, [&](const ItemHeader& h, std::string_view v) {
     ++visits;
@@ -268,8 +284,8 @@ TEST(CachingStoreTest, KeepsThePopularKeysUnderASkewedLoad) {
     ItemHeader h;
     std::string v;
     for (int i = 0; i < n; ++i) {
-      const int rank = static_cast<int>(
-          std::upper_bound(cdf.begin(), cdf.end(), uniform(rng)) - cdf.begin());
+      const int rank =
+          static_cast<int>(std::upper_bound(cdf.begin(), cdf.end(), uniform(rng)) - cdf.begin());
       ASSERT_EQ(*cache.Get("z" + std::to_string(std::min(rank, kKeys - 1)), {}, &h, &v),
                 LookupStatus::kFound);
     }
@@ -278,13 +294,13 @@ TEST(CachingStoreTest, KeepsThePopularKeysUnderASkewedLoad) {
   const HotCacheStats before = cache.CacheStats();
   read_some(kReads);
   const HotCacheStats after = cache.CacheStats();
-  const double hit_rate = static_cast<double>(after.hits - before.hits) /
-                          static_cast<double>(after.hits + after.misses - before.hits -
-                                              before.misses);
+  const double hit_rate =
+      static_cast<double>(after.hits - before.hits) /
+      static_cast<double>(after.hits + after.misses - before.hits - before.misses);
   const double ideal = cdf[after.items - 1] / sum;  // the top `items` keys' share of reads
   EXPECT_GT(after.items, 5'000u);
-  EXPECT_GE(hit_rate, 0.92 * ideal) << "hit rate " << hit_rate << ", ideal " << ideal
-                                    << " with " << after.items << " items";
+  EXPECT_GE(hit_rate, 0.92 * ideal)
+      << "hit rate " << hit_rate << ", ideal " << ideal << " with " << after.items << " items";
 }
 
 // Writers publish increasing versions of their keys; readers must never see a version go

@@ -99,8 +99,8 @@ TEST(RecordTest, StateBitsUseTheSecondFormatOnlyWhenSet) {
   EXPECT_EQ(static_cast<uint8_t>(plain[0]), kRecordFormatV1);
 
   std::string marked;
-  const ItemHeader in{.flags = 5, .bits = kItemStale | kItemTokenSent, .exptime = 9, .cas = 3,
-                      .write_time = 4};
+  const ItemHeader in{
+      .flags = 5, .bits = kItemStale | kItemTokenSent, .exptime = 9, .cas = 3, .write_time = 4};
   EncodeRecord(in, "value", &marked);
   ASSERT_EQ(marked.size(), kMaxRecordHeaderSize + 5);
   EXPECT_EQ(static_cast<uint8_t>(marked[0]), kRecordFormatV2);
