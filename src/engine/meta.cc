@@ -273,7 +273,13 @@ Outcome Engine::MetaStore(const Command& cmd, ExecContext& ctx) {
     mode = CommandType::kCas;
   }
   ItemForUpdate item;
-  if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) return *early;
+  if (mode == CommandType::kSet) {
+    // Like set, a plain ms needs the key's lock, not the old item.
+    item.lock = LockKey(cmd.key, ctx);
+    if (!item.lock.owns_lock()) return Outcome::kWouldBlock;
+  } else if (std::optional<Outcome> early = LockAndRead(cmd, ctx, &item)) {
+    return *early;
+  }
   ctx.stats->cmd_set.Add();
 
   ItemHeader header;
