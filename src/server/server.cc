@@ -199,11 +199,14 @@ class Server::Handler final : public io::Handler {
 
   // Paused: no more input is handled while a disk request runs (its reply comes first), while
   // replies wait for an fsync (nothing may close the connection under them), or while held
-  // replies fill the output budget.
+  // replies and unsent output together fill the output budget. The session stops taking
+  // requests at that budget counting both (its output may have moved into the held replies
+  // after it stopped), so the pause must too: the release that unpauses it is what calls the
+  // session again for requests already read.
   void UpdatePause(io::Connection& c) {
     Conn& conn = ConnOf(c);
-    const bool held_full =
-        conn.session.held_bytes() >= server_->config_.server.write_buffer_size;
+    const bool held_full = conn.session.held_bytes() + c.pending_output() >=
+                           server_->config_.server.write_buffer_size;
     c.SetPaused(conn.waiting_disk ||
                 (conn.waiting_commit && (store_->CommitWaitsForDevice() || held_full)));
   }

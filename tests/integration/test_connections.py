@@ -346,5 +346,29 @@ class NonReadingClientTest(unittest.TestCase):
             self.assertTrue(c.request(b"version\r\n").startswith(b"VERSION "))
 
 
+class OutputBudgetTest(unittest.TestCase):
+    """Requests already read are answered when the output budget frees up, not only when more
+    input arrives. Regression: with write_buffer_size = 64 KiB, a write's reply and a large
+    get after it were held for the group commit; the session had stopped at the budget
+    counting output plus held replies, the pause counted the held replies alone, so nobody
+    called the session again and the `version` behind them waited for the client's next
+    bytes (found by differential.py, seeds 2, 54, 97, ...)."""
+
+    def test_requests_behind_a_full_budget_are_answered(self):
+        server = start(self, threads=1, write_buffer_size="64KiB")
+        for size in (30000, 65000, 65400, 65475):
+            # Replies before the write, so the held part alone stays under the budget.
+            request = (b"zz\r\n" * 5 + b"set a 0 0 %d\r\n" % size + b"b" * size +
+                       b"\r\nget a\r\nversion\r\n")
+            with harness.connect(server) as c:
+                c.send(request)
+                self.assertEqual(c.read_exact(5 * 7), b"ERROR\r\n" * 5)
+                self.assertEqual(c.read_line(), b"STORED\r\n")
+                self.assertEqual(c.read_line(), b"VALUE a 0 %d\r\n" % size)
+                self.assertEqual(c.read_exact(size + 2), b"b" * size + b"\r\n")
+                self.assertEqual(c.read_line(), b"END\r\n", size)
+                self.assertTrue(c.read_line(timeout=5).startswith(b"VERSION "), size)
+
+
 if __name__ == "__main__":
     unittest.main()
