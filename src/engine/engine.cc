@@ -39,14 +39,6 @@ std::unique_lock<std::mutex> Engine::LockKey(std::string_view key, const ExecCon
   return std::unique_lock<std::mutex>(StripeFor(key));
 }
 
-int64_t Engine::AbsoluteExptime(int32_t exptime, int64_t now) const {
-  // A negative exptime means "already expired" (memcached maps it to a time in the past).
-  if (exptime < 0) return 1;
-  if (exptime == 0) return 0;
-  if (exptime > kRealtimeMaxDelta) return exptime;
-  return now + exptime;
-}
-
 Outcome Engine::Execute(const Command& cmd, ExecContext& ctx) {
   timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);

@@ -89,8 +89,6 @@ class Engine {
   std::mutex& StripeFor(std::string_view key);
   // The key's stripe, locked; on an event loop (no disk access) only if free right now.
   std::unique_lock<std::mutex> LockKey(std::string_view key, const ExecContext& ctx);
-  // memcached's realtime(): protocol exptime -> absolute Unix seconds (0 = never).
-  int64_t AbsoluteExptime(int32_t exptime, int64_t now) const;
 
   Outcome Dispatch(const Command& cmd, ExecContext& ctx);
   Outcome Retrieve(const Command& cmd, ExecContext& ctx);

@@ -26,6 +26,15 @@ constexpr size_t kChunkedItemSize = 512 * 1024;
 // memcached's REALTIME_MAXDELTA: larger exptimes are absolute Unix times.
 constexpr int32_t kRealtimeMaxDelta = 60 * 60 * 24 * 30;
 
+// memcached's realtime(): protocol exptime -> absolute Unix seconds (0 = never).
+inline int64_t AbsoluteExptime(int32_t exptime, int64_t now) {
+  // A negative exptime means "already expired" (memcached maps it to a time in the past).
+  if (exptime < 0) return 1;
+  if (exptime == 0) return 0;
+  if (exptime > kRealtimeMaxDelta) return exptime;
+  return now + exptime;
+}
+
 inline bool IsLive(LookupStatus s) { return s == LookupStatus::kFound; }
 
 // One key's read inside a command: what Store::Get said, with its errors folded in.

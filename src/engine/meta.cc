@@ -25,13 +25,41 @@ using storage::kItemTokenSent;
 
 namespace {
 
+// The times a meta request works with, as absolute Unix seconds. memcached keeps times
+// relative to its start and maps every absolute time at or before its start (and every
+// negative TTL) to one instant just after it, so two times in the past compare equal there
+// (an R far in the past wins nothing against an item a T just expired). `floor` is that
+// instant for this engine; Clamp gives a time as memcached sees it.
+struct MetaTimes {
+  int64_t now = 0;
+  int64_t floor = 0;
+  int64_t new_exptime = 0;     // T
+  int64_t vivify_exptime = 0;  // N
+  int64_t recache_time = 0;    // R
+  int64_t Clamp(int64_t t) const { return t == 0 ? 0 : std::max(t, floor); }
+};
+
+MetaTimes MetaTimesFor(const Command& cmd, int64_t now, int64_t start_time) {
+  // memcached's clock starts ITEM_UPDATE_INTERVAL + 2 seconds before the process does, and
+  // the instant it maps the past to is one second after that.
+  constexpr int64_t kClockLead = 60 + 2;
+  MetaTimes times;
+  times.now = now;
+  times.floor = start_time - kClockLead + 1;
+  times.new_exptime = AbsoluteExptime(cmd.meta.ttl, now);
+  times.vivify_exptime = AbsoluteExptime(cmd.meta.vivify_ttl, now);
+  times.recache_time = AbsoluteExptime(cmd.meta.recache_ttl, now);
+  return times;
+}
+
 // The " t<seconds>" return flag: the TTL left, -1 for none. memcached prints it as an
-// unsigned 32-bit number, so an item already past its time would wrap; keep that.
-void AppendTtl(std::string* out, int64_t exptime, int64_t now) {
+// unsigned 32-bit number, so an item a T of this request put in the past wraps; keep that.
+void AppendTtl(std::string* out, int64_t exptime, const MetaTimes& times) {
   if (exptime == 0) {
     AppendMetaFlag(out, 't', int64_t{-1});
   } else {
-    AppendMetaFlag(out, 't', static_cast<uint64_t>(static_cast<uint32_t>(exptime - now)));
+    AppendMetaFlag(out, 't',
+                   static_cast<uint64_t>(static_cast<uint32_t>(times.Clamp(exptime) - times.now)));
   }
 }
 
@@ -82,8 +110,7 @@ struct MetaGetResult {
 // flags in request order exactly as memcached does (a t before a T shows the old TTL), then
 // adds Z (token already sent), X (stale) and W (this client won the token).
 MetaGetResult AppendMetaGetHit(const Command& cmd, ItemHeader* header, std::string_view value,
-                               bool created, int64_t now, int64_t new_exptime,
-                               int64_t vivify_exptime, int64_t recache_time, std::string* out) {
+                               bool created, const MetaTimes& times, std::string* out) {
   const MetaFlags& m = cmd.meta;
   MetaGetResult result;
   bool won = false;
@@ -98,17 +125,17 @@ MetaGetResult AppendMetaGetHit(const Command& cmd, ItemHeader* header, std::stri
       case 'T':
         result.ttl_set = true;
         result.changed = true;
-        header->exptime = new_exptime;
+        header->exptime = times.new_exptime;
         break;
       case 'N':
         if (created) {
-          header->exptime = vivify_exptime;
+          header->exptime = times.vivify_exptime;
           won = true;
         }
         break;
       case 'R':
         if ((header->bits & kItemTokenSent) == 0 && !created && header->exptime != 0 &&
-            header->exptime < recache_time) {
+            times.Clamp(header->exptime) < times.Clamp(times.recache_time)) {
           won = true;
         }
         break;
@@ -116,7 +143,7 @@ MetaGetResult AppendMetaGetHit(const Command& cmd, ItemHeader* header, std::stri
         AppendMetaFlag(out, 's', static_cast<uint64_t>(value.size()));
         break;
       case 't':
-        AppendTtl(out, header->exptime, now);
+        AppendTtl(out, header->exptime, times);
         break;
       case 'c':
         AppendMetaFlag(out, 'c', header->cas);
@@ -166,7 +193,7 @@ Outcome Engine::MetaRetrieve(const Command& cmd, ExecContext& ctx) {
   MetaGetResult result;
   Lookup r = Visit(store_, cmd.key, ctx.allow_disk, [&](const ItemHeader& h, std::string_view v) {
     ItemHeader header = h;
-    result = AppendMetaGetHit(cmd, &header, v, false, now, 0, 0, 0, ctx.out);
+    result = AppendMetaGetHit(cmd, &header, v, false, MetaTimesFor(cmd, now, start_time_), ctx.out);
   });
   if (r.would_block || r.failed || result.changed || result.opaque_too_long) {
     ctx.out->resize(rollback);
@@ -222,9 +249,8 @@ Outcome Engine::MetaRetrieveLocked(const Command& cmd, ExecContext& ctx, int64_t
     header.write_time = now;
   }
   const size_t rollback = ctx.out->size();
-  MetaGetResult result = AppendMetaGetHit(
-      cmd, &header, value, created, now, AbsoluteExptime(m.ttl, now),
-      AbsoluteExptime(m.vivify_ttl, now), AbsoluteExptime(m.recache_ttl, now), ctx.out);
+  MetaGetResult result =
+      AppendMetaGetHit(cmd, &header, value, created, MetaTimesFor(cmd, now, start_time_), ctx.out);
   if (created || result.changed) {
     // memcached changes the item flag by flag: an over-long opaque token still leaves the
     // item created, or touched, by the flags before it (but never marks a token won).
@@ -480,6 +506,7 @@ Outcome Engine::MetaArithmetic(const Command& cmd, ExecContext& ctx) {
   } else {
     AppendMetaStatus(ctx.out, MetaStatus::kHd);
   }
+  const MetaTimes times = MetaTimesFor(cmd, now, start_time_);
   int64_t exptime = old_exptime;  // as the flags walk sees it
   for (size_t i = 0; i < m.count; ++i) {
     const std::string_view token = m.tokens[i];
@@ -488,7 +515,7 @@ Outcome Engine::MetaArithmetic(const Command& cmd, ExecContext& ctx) {
         AppendMetaFlag(ctx.out, 'c', header.cas);
         break;
       case 't':
-        AppendTtl(ctx.out, exptime, now);
+        AppendTtl(ctx.out, exptime, times);
         break;
       case 'T':
         exptime = AbsoluteExptime(m.ttl, now);
