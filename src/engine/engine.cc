@@ -209,6 +209,20 @@ std::optional<Outcome> Engine::Write(const Command& cmd, ExecContext& ctx, std::
   return StorageFailure(cmd, ctx);
 }
 
+std::optional<Outcome> Engine::Remove(const Command& cmd, ExecContext& ctx) {
+  switch (Classify(store_->Delete(cmd.key, WriteOptionsFor(ctx)), ctx.allow_disk)) {
+    case WriteResult::kOk:
+      return std::nullopt;
+    case WriteResult::kWouldBlock:
+      return Outcome::kWouldBlock;
+    case WriteResult::kBusy:
+      return Busy(cmd, ctx);
+    case WriteResult::kFailed:
+      break;
+  }
+  return StorageFailure(cmd, ctx);
+}
+
 std::optional<Outcome> Engine::StoreNew(const Command& cmd, ExecContext& ctx, ItemHeader* header,
                                         std::string_view value, int64_t now) {
   absl::StatusOr<uint64_t> cas = store_->NextCas();
@@ -422,16 +436,7 @@ Outcome Engine::Delete(const Command& cmd, ExecContext& ctx) {
     ctx.stats->delete_misses.Add();
     return Answer(cmd, ctx, Reply::kNotFound);
   }
-  switch (Classify(store_->Delete(cmd.key, WriteOptionsFor(ctx)), ctx.allow_disk)) {
-    case WriteResult::kOk:
-      break;
-    case WriteResult::kWouldBlock:
-      return Outcome::kWouldBlock;
-    case WriteResult::kBusy:
-      return Busy(cmd, ctx);
-    case WriteResult::kFailed:
-      return StorageFailure(cmd, ctx);
-  }
+  if (std::optional<Outcome> failed = Remove(cmd, ctx)) return *failed;
   ctx.stats->delete_hits.Add();
   return Answer(cmd, ctx, Reply::kDeleted);
 }

@@ -132,6 +132,8 @@ class Engine {
   // (kWouldBlock for a write stall on an event loop, or the storage failure reply).
   std::optional<Outcome> Write(const Command& cmd, ExecContext& ctx, std::string_view key,
                                const storage::ItemHeader& header, std::string_view value);
+  // Deletes cmd.key; nullopt when done, else the outcome to return (as Write).
+  std::optional<Outcome> Remove(const Command& cmd, ExecContext& ctx);
   // Gives *header a fresh CAS and write time, then Write()s it.
   std::optional<Outcome> StoreNew(const Command& cmd, ExecContext& ctx, storage::ItemHeader* header,
                                   std::string_view value, int64_t now);

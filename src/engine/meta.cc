@@ -415,16 +415,7 @@ Outcome Engine::MetaDelete(const Command& cmd, ExecContext& ctx) {
       return *failed;
     }
   } else {
-    switch (Classify(store_->Delete(cmd.key, WriteOptionsFor(ctx)), ctx.allow_disk)) {
-      case WriteResult::kOk:
-        break;
-      case WriteResult::kWouldBlock:
-        return Outcome::kWouldBlock;
-      case WriteResult::kBusy:
-        return Busy(cmd, ctx);
-      case WriteResult::kFailed:
-        return StorageFailure(cmd, ctx);
-    }
+    if (std::optional<Outcome> failed = Remove(cmd, ctx)) return *failed;
     ctx.stats->delete_hits.Add();
   }
   if (status == MetaStatus::kHd && m.quiet) return Outcome::kDone;
