@@ -77,10 +77,26 @@ class _AdminCase(harness.ServerTestCase):
             time.sleep(0.02)
 
 
+    def settled_samples(self, k, quiet=0.1, timeout=3.0):
+        """Samples once sample k has stopped changing for `quiet` seconds (bounded): bytes
+        are counted when their send completes, which can come a moment after the client has
+        them, so the harness's start probes (a `stats` reply) may still be landing."""
+        deadline = time.monotonic() + timeout
+        s = samples(scrape(self.admin))
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = samples(scrape(self.admin))
+            if again.get(k) == s.get(k):
+                return again
+            s = again
+        return s
+
+
 class MetricsTest(_AdminCase):
 
     def test_counter_deltas_are_exact(self):
-        before = samples(scrape(self.admin))
+        # (ASan CI once saw a start probe's 1,055-byte `stats` reply counted after `before`.)
+        before = self.settled_samples(key("petracache_written_bytes_total"))
         sent = bytearray()
         received = bytearray()
         with self.connect() as c:
