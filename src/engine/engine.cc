@@ -194,9 +194,9 @@ std::optional<Outcome> Engine::LockAndRead(const Command& cmd, ExecContext& ctx,
   return std::nullopt;
 }
 
-std::optional<Outcome> Engine::Write(const Command& cmd, ExecContext& ctx, std::string_view key,
-                                     const ItemHeader& header, std::string_view value) {
-  switch (Classify(store_->Put(key, header, value, WriteOptionsFor(ctx)), ctx.allow_disk)) {
+std::optional<Outcome> Engine::WriteOutcome(const Command& cmd, ExecContext& ctx,
+                                            const absl::Status& status) {
+  switch (Classify(status, ctx.allow_disk)) {
     case WriteResult::kOk:
       return std::nullopt;
     case WriteResult::kWouldBlock:
@@ -209,18 +209,13 @@ std::optional<Outcome> Engine::Write(const Command& cmd, ExecContext& ctx, std::
   return StorageFailure(cmd, ctx);
 }
 
+std::optional<Outcome> Engine::Write(const Command& cmd, ExecContext& ctx, std::string_view key,
+                                     const ItemHeader& header, std::string_view value) {
+  return WriteOutcome(cmd, ctx, store_->Put(key, header, value, WriteOptionsFor(ctx)));
+}
+
 std::optional<Outcome> Engine::Remove(const Command& cmd, ExecContext& ctx) {
-  switch (Classify(store_->Delete(cmd.key, WriteOptionsFor(ctx)), ctx.allow_disk)) {
-    case WriteResult::kOk:
-      return std::nullopt;
-    case WriteResult::kWouldBlock:
-      return Outcome::kWouldBlock;
-    case WriteResult::kBusy:
-      return Busy(cmd, ctx);
-    case WriteResult::kFailed:
-      break;
-  }
-  return StorageFailure(cmd, ctx);
+  return WriteOutcome(cmd, ctx, store_->Delete(cmd.key, WriteOptionsFor(ctx)));
 }
 
 std::optional<Outcome> Engine::StoreNew(const Command& cmd, ExecContext& ctx, ItemHeader* header,

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "common/clock.h"
 #include "engine/stats.h"
 #include "petracache/command.h"
@@ -132,6 +133,9 @@ class Engine {
   // (kWouldBlock for a write stall on an event loop, or the storage failure reply).
   std::optional<Outcome> Write(const Command& cmd, ExecContext& ctx, std::string_view key,
                                const storage::ItemHeader& header, std::string_view value);
+  // What a store write's status means for cmd: nullopt when done, else the outcome to return.
+  std::optional<Outcome> WriteOutcome(const Command& cmd, ExecContext& ctx,
+                                      const absl::Status& status);
   // Deletes cmd.key; nullopt when done, else the outcome to return (as Write).
   std::optional<Outcome> Remove(const Command& cmd, ExecContext& ctx);
   // Gives *header a fresh CAS and write time, then Write()s it.
